@@ -1,0 +1,61 @@
+"""``hpo validate STUDY``: check a study file and show what it would search."""
+
+from __future__ import annotations
+
+import argparse
+
+from hpo import storage
+from hpo.cli import common, preflight
+from hpo.spec import Choices, Range, StudySpec
+
+
+def add_parser(sub) -> None:
+    parser = sub.add_parser("validate", help="check a study file and print a summary of the study and search space")
+    common.add_study_argument(parser)
+    parser.add_argument("--offline", action="store_true", help="skip the database connection check")
+    parser.set_defaults(handler=run)
+
+
+def describe_dimension(dim) -> str:
+    if isinstance(dim, Range):
+        kind = "int" if dim.is_int else "float"
+        scale = ", log" if dim.log else (f", step {dim.step}" if dim.step else "")
+        return f"{kind} [{dim.low}, {dim.high}{scale}]"
+    if isinstance(dim, Choices):
+        return "one of " + ", ".join(map(str, dim.choices))
+    return f"fixed {dim}"
+
+
+def summary(spec: StudySpec) -> str:
+    data = spec.data
+    where = f"{data.path}{'/' + data.name if data.name else ''}" if data.source == "hub" else data.source
+    lines = [
+        f"study     {spec.name}",
+        f"storage   {storage.mask_url(spec.storage)}",
+        f"budget    {spec.n_trials} finished trials" + (f", timeout {spec.timeout:g}s" if spec.timeout else ""),
+        f"model     {spec.model}  ({spec.task})",
+        f"data      {where}; text {', '.join(data.text_columns)}; label {data.label_column}; max_length {data.max_length}",
+        f"metric    {spec.metric} ({spec.direction})",
+        f"sampler   {spec.sampler.type} {common.format_params(spec.sampler.options)}".rstrip(),
+        f"pruner    {spec.pruner.type} {common.format_params(spec.pruner.options)}".rstrip(),
+        "",
+        common.table(
+            ["dimension", "searched as"],
+            [[name, describe_dimension(dim)] for name, dim in spec.search_space.items()],
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = common.load(args)
+    preflight.check_search_options(spec)
+    storage.parse_url(spec.storage)
+    if not args.offline:
+        preflight.check_storage(spec)
+    facts = preflight.check_objective(spec)
+    print(summary(spec))
+    print()
+    print("checked   " + common.format_params(facts))
+    print(f"{args.study}: valid")
+    return 0

@@ -1,0 +1,22 @@
+"""Errors a user can fix by changing their input.
+
+The CLI turns every ``UserError`` into one line on stderr and exit code 2.
+Anything else is a bug or an environment failure and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """A mistake in the study file, the command line or the environment."""
+
+
+class SpecError(UserError):
+    """The study file is invalid. Carries every problem, not just the first."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+class StorageError(UserError):
+    """The storage cannot be used (bad URL, unreachable host, conflicting study)."""

@@ -1,0 +1,89 @@
+"""The vocabulary of fine-tuning hyperparameters that a study may search.
+
+One table says, for every knob, its type, its allowed range and its default,
+so that the spec can reject an impossible search space before any trial runs
+and the objective receives a typed ``TrainingParams`` instead of a dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Knob:
+    kind: type  # float, int or str
+    required: bool = False
+    default: Any = None
+    gt: float | None = None  # exclusive lower bound
+    ge: float | None = None  # inclusive lower bound
+    lt: float | None = None  # exclusive upper bound
+    le: float | None = None  # inclusive upper bound
+    choices: tuple[str, ...] | None = None
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` cannot be used for this knob, or None if it can."""
+        if self.kind is str:
+            if not isinstance(value, str):
+                return f"must be a string, got {value!r}"
+            if self.choices and value not in self.choices:
+                return f"must be one of {', '.join(self.choices)}, got {value!r}"
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"must be a number, got {value!r}"
+        if self.kind is int and not float(value).is_integer():
+            return f"must be an integer, got {value!r}"
+        for bound, ok, word in (
+            (self.gt, lambda v, b: v > b, ">"),
+            (self.ge, lambda v, b: v >= b, ">="),
+            (self.lt, lambda v, b: v < b, "<"),
+            (self.le, lambda v, b: v <= b, "<="),
+        ):
+            if bound is not None and not ok(value, bound):
+                return f"must be {word} {bound:g}, got {value!r}"
+        return None
+
+
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+
+# Defaults follow common fine-tuning practice (BERT paper, HF Trainer) so that a
+# study that only searches the four required knobs still trains sensibly.
+KNOBS: dict[str, Knob] = {
+    "learning_rate": Knob(float, required=True, gt=0, lt=1),
+    "batch_size": Knob(int, required=True, ge=1),
+    "epochs": Knob(int, required=True, ge=1),
+    # Number of bottom transformer layers kept frozen (embeddings are frozen when > 0).
+    "freeze_depth": Knob(int, required=True, ge=0),
+    "weight_decay": Knob(float, default=0.0, ge=0, lt=1),
+    # Share of optimizer steps spent warming up linearly from 0 to the learning rate.
+    "warmup_ratio": Knob(float, default=0.06, ge=0, lt=1),
+    "lr_scheduler": Knob(str, default="linear", choices=SCHEDULERS),
+    "max_grad_norm": Knob(float, default=1.0, gt=0),
+}
+
+REQUIRED = tuple(name for name, knob in KNOBS.items() if knob.required)
+
+
+@dataclass(frozen=True)
+class TrainingParams:
+    """One point of the search space: what a single fine-tune is run with."""
+
+    learning_rate: float
+    batch_size: int
+    epochs: int
+    freeze_depth: int
+    weight_decay: float = KNOBS["weight_decay"].default
+    warmup_ratio: float = KNOBS["warmup_ratio"].default
+    lr_scheduler: str = KNOBS["lr_scheduler"].default
+    max_grad_norm: float = KNOBS["max_grad_norm"].default
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> "TrainingParams":
+        typed = {name: KNOBS[name].kind(value) for name, value in values.items()}
+        return cls(**typed)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+

@@ -1,0 +1,242 @@
+"""The worker loop: claim a trial, run the objective, record the outcome.
+
+The runner is handed an objective (any callable taking an Optuna trial and
+returning a float) and never imports one. It owns what the objective must not
+care about: the global budget, heartbeats, retries of dead workers' trials,
+failure bookkeeping and progress events.
+
+Like Optuna's ``_optimize.py``, a trial that raises is recorded as FAIL with
+its reason before anything else happens; unlike it, the worker then goes on
+with the next trial, because one out-of-memory configuration should not end a
+night-long study.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo import storage as storage_lib
+from hpo.heartbeat import Heartbeat
+from hpo.pruners import build_pruner
+from hpo.samplers import build_sampler
+from hpo.spec import StudySpec
+
+log = logging.getLogger("hpo.runner")
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class Objective(Protocol):
+    def __call__(self, trial: optuna.Trial) -> float: ...
+
+
+class Preempted(BaseException):
+    """Raised in the worker's main thread when the scheduler asks it to stop (SIGTERM)."""
+
+
+@dataclass(frozen=True)
+class Counts:
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    running: int = 0
+    waiting: int = 0
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
+
+    @classmethod
+    def of(cls, trials: list[FrozenTrial]) -> "Counts":
+        states = [t.state for t in trials]
+        return cls(
+            complete=states.count(TrialState.COMPLETE),
+            pruned=states.count(TrialState.PRUNED),
+            failed=states.count(TrialState.FAIL),
+            running=states.count(TrialState.RUNNING),
+            waiting=states.count(TrialState.WAITING),
+        )
+
+
+@dataclass(frozen=True)
+class TrialEvent:
+    """What a progress display needs after each trial, without touching the database again."""
+
+    worker: str
+    trial: FrozenTrial
+    counts: Counts
+    n_trials: int
+    best: FrozenTrial | None
+    elapsed: float
+    reason: str | None = None
+
+
+@dataclass
+class WorkerOptions:
+    name: str = "worker-0"
+    index: int = 0  # distinguishes sampler seeds between parallel workers
+    heartbeat_interval: int = 10  # seconds between heartbeats of a running trial
+    grace_period: int = 60  # a trial whose heartbeat is older than this is failed and retried
+    max_retry: int = 3  # how often a dead worker's trial is re-queued with the same parameters
+    max_consecutive_failures: int = 3  # stop when every trial fails: the budget never shrinks then
+    poll_interval: float = 2.0  # seconds between looks while other workers finish the last trials
+    on_trial_start: Callable[[str, optuna.Trial], None] | None = None
+    on_trial_end: Callable[[TrialEvent], None] | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+class TooManyFailures(RuntimeError):
+    pass
+
+
+def open_study(spec: StudySpec, options: WorkerOptions, study_attrs: dict[str, Any]) -> optuna.Study:
+    """Create the study or join it, refusing one that optimises the other way."""
+    storage_lib.check_direction(spec.storage, spec.name, spec.direction)
+    store = storage_lib.open_storage(
+        spec.storage,
+        heartbeat_interval=options.heartbeat_interval,
+        grace_period=options.grace_period,
+        stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=options.max_retry),
+    )
+    probe = optuna.create_study(
+        study_name=spec.name, storage=store, direction=spec.direction, load_if_exists=True
+    )
+    started = len(probe.get_trials(deepcopy=False))
+    study = optuna.load_study(
+        study_name=spec.name,
+        storage=store,
+        # A different seed per worker and per launch, or resumed and parallel
+        # workers would replay the same random draws.
+        sampler=build_sampler(spec, seed=spec.seed * 1_000_003 + options.index * 7919 + started),
+        pruner=build_pruner(spec),
+    )
+    for key, value in study_attrs.items():
+        if study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)
+    return study
+
+
+def count(study: optuna.Study) -> Counts:
+    return Counts.of(study.get_trials(deepcopy=False))
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+def _claim(study: optuna.Study, spec: StudySpec) -> optuna.Trial | None:
+    """Ask for a trial only while finished + running trials are under the budget.
+
+    Counting and asking happen under one lock shared by every worker, which is
+    what makes the budget exact; ``MaxTrialsCallback`` checks after the fact
+    and overshoots by up to the number of workers minus one.
+    """
+    with storage_lib.budget_lock(spec.storage, spec.name):
+        optuna.storages.fail_stale_trials(study)
+        counts = count(study)
+        if counts.finished + counts.running >= spec.n_trials:
+            return None
+        return study.ask()
+
+
+def _reason(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, options: WorkerOptions):
+    """Run the objective; return (state, value, failure reason)."""
+    store = study._storage
+    with Heartbeat(store, trial._trial_id, options.heartbeat_interval):
+        try:
+            value = float(objective(trial))
+        except optuna.TrialPruned:
+            return TrialState.PRUNED, None, None
+        except Preempted:
+            return TrialState.FAIL, None, "preempted"
+        except KeyboardInterrupt:
+            return TrialState.FAIL, None, "interrupted"
+        except Exception as exc:  # noqa: BLE001 - one bad trial must not end the study
+            log.debug("trial %d failed:\n%s", trial.number, traceback.format_exc())
+            return TrialState.FAIL, None, _reason(exc)
+    if math.isnan(value) or math.isinf(value):
+        return TrialState.FAIL, None, f"objective returned {value}"
+    return TrialState.COMPLETE, value, None
+
+
+def _record(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None, reason: str | None, spec):
+    """Tell the storage, riding out short outages; never lose a computed result silently."""
+    if reason:
+        storage_lib.retry(lambda: trial.set_user_attr("fail_reason", reason), "recording the failure", spec.storage)
+
+    def tell():
+        current = study._storage.get_trial(trial._trial_id)
+        if current.state.is_finished():
+            return current  # someone else (stale-trial check) finished it meanwhile
+        return study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+
+    frozen = storage_lib.retry(tell, f"recording trial {trial.number}", spec.storage)
+    if frozen.state != state and value is not None:
+        log.warning(
+            "trial %d finished with %s = %.6g but was already marked %s by another worker; "
+            "the value is kept in the study attribute lost_results",
+            trial.number, spec.metric, value, frozen.state.name,
+        )
+        lost = dict(study.user_attrs.get("lost_results", {}))
+        lost[str(trial.number)] = {"value": value, "params": trial.params}
+        storage_lib.retry(lambda: study.set_user_attr("lost_results", lost), "keeping a lost result", spec.storage)
+    return study._storage.get_trial(trial._trial_id)
+
+
+def _requeue(study: optuna.Study, frozen: FrozenTrial, options: WorkerOptions) -> None:
+    """Queue a preempted trial again with the same parameters, as heartbeats do for dead ones."""
+    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=options.max_retry)(study, frozen)
+
+
+def run_worker(
+    spec: StudySpec, objective: Objective, options: WorkerOptions, study_attrs: dict[str, Any] | None = None
+) -> Counts:
+    """Run trials until the study's global budget is spent, the timeout passes or we are stopped."""
+    study = open_study(spec, options, study_attrs or {})
+    start = time.monotonic()
+    failures_in_row = 0
+    while not options.stop.is_set():
+        if spec.timeout is not None and time.monotonic() - start >= spec.timeout:
+            log.info("%s: timeout of %ss reached", options.name, spec.timeout)
+            break
+        trial = storage_lib.retry(lambda: _claim(study, spec), "claiming a trial", spec.storage)
+        if trial is None:
+            counts = count(study)
+            if counts.finished >= spec.n_trials or counts.running == 0:
+                break
+            options.stop.wait(options.poll_interval)  # others may still fail and free a slot
+            continue
+        if options.on_trial_start:
+            options.on_trial_start(options.name, trial)
+        state, value, reason = _run_one(study, trial, objective, options)
+        frozen = _record(study, trial, state, value, reason, spec)
+        if reason in ("preempted", "interrupted"):
+            if reason == "preempted":
+                _requeue(study, frozen, options)
+            raise Preempted() if reason == "preempted" else KeyboardInterrupt()
+        if options.on_trial_end:
+            counts = count(study)
+            options.on_trial_end(
+                TrialEvent(options.name, frozen, counts, spec.n_trials, best_trial(study), time.monotonic() - start, reason)
+            )
+        failures_in_row = failures_in_row + 1 if frozen.state == TrialState.FAIL else 0
+        if failures_in_row >= options.max_consecutive_failures:
+            raise TooManyFailures(f"{failures_in_row} trials in a row failed; the last one: {reason}")
+    return count(study)

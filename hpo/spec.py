@@ -1,0 +1,374 @@
+"""The study file, as typed objects.
+
+``load_spec`` is called once, at the edge; everything below it receives a
+``StudySpec`` and never a dict. Validation reports every problem at once, each
+named by its YAML path, because a user fixing a file one error per run is a
+user who gives up.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from hpo.errors import SpecError
+from hpo.params import KNOBS, REQUIRED, TrainingParams
+from hpo.yamlio import read_yaml
+
+# Metric name -> optimisation direction. The objective computes the metric;
+# the search only needs to know which way is better.
+METRICS: dict[str, str] = {
+    "accuracy": "maximize",
+    "f1": "maximize",  # macro-averaged
+    "balanced_accuracy": "maximize",
+    "precision": "maximize",  # macro-averaged
+    "recall": "maximize",  # macro-averaged
+    "mcc": "maximize",
+    "loss": "minimize",
+}
+
+DEFAULT_STORAGE = "sqlite:///hpo.db"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr]
+
+
+class Range(Strict):
+    """A numeric interval; integers when both bounds are integers."""
+
+    low: StrictInt | StrictFloat
+    high: StrictInt | StrictFloat
+    log: bool = False
+    step: StrictInt | StrictFloat | None = None
+
+    @property
+    def is_int(self) -> bool:
+        return isinstance(self.low, int) and isinstance(self.high, int)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "Range":
+        if self.low >= self.high:
+            raise PydanticCustomError(
+                "range", "low ({low}) must be < high ({high})", {"field": "low", "low": self.low, "high": self.high}
+            )
+        if self.log and self.low <= 0:
+            raise PydanticCustomError("range", "must be > 0 on a log scale", {"field": "low"})
+        if self.step is not None:
+            if self.step <= 0:
+                raise PydanticCustomError("range", "must be > 0", {"field": "step"})
+            if self.log:
+                raise PydanticCustomError("range", "cannot be combined with log: true", {"field": "step"})
+        return self
+
+    def values_to_check(self) -> list[Any]:
+        return [self.low, self.high]
+
+
+class Choices(Strict):
+    """A categorical dimension."""
+
+    choices: list[Scalar] = Field(min_length=1)
+
+    @field_validator("choices")
+    @classmethod
+    def _unique(cls, value: list[Any]) -> list[Any]:
+        if len(set(map(repr, value))) != len(value):
+            raise ValueError("must not repeat a value")
+        return value
+
+    def values_to_check(self) -> list[Any]:
+        return list(self.choices)
+
+
+def _dimension_tag(value: Any) -> str:
+    if isinstance(value, dict):
+        return "<choices>" if "choices" in value else "<range>"
+    if isinstance(value, Range):
+        return "<range>"
+    if isinstance(value, Choices):
+        return "<choices>"
+    return "<fixed>"
+
+
+Dimension = Annotated[
+    Union[Annotated[Range, Tag("<range>")], Annotated[Choices, Tag("<choices>")], Annotated[Scalar, Tag("<fixed>")]],
+    Discriminator(_dimension_tag),
+]
+_DIMENSION = TypeAdapter(Dimension)
+
+
+class DataSpec(Strict):
+    """Where the examples come from and how they become model inputs."""
+
+    source: Literal["demo", "hub", "csv", "json", "parquet"]
+    path: str | None = None  # hub dataset id, e.g. "glue" (source: hub only)
+    name: str | None = None  # hub dataset configuration, e.g. "sst2"
+    train: str = "train"  # split name (hub) or file path (csv/json/parquet)
+    validation: str | None = None  # None: carve validation_fraction out of train
+    test: str | None = None  # read only by retrain, never during the search
+    validation_fraction: float = Field(0.1, gt=0, lt=1)
+    text_column: str | list[str] = "text"  # one column, or two for text pairs
+    label_column: str = "label"
+    max_length: int = Field(128, ge=8, le=32768)
+    max_train_samples: int | None = Field(None, ge=1)
+    max_validation_samples: int | None = Field(None, ge=1)
+
+    @field_validator("text_column")
+    @classmethod
+    def _one_or_two(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not 1 <= len(value) <= 2:
+            raise ValueError("must be one column or a pair of columns")
+        return value
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> "DataSpec":
+        if self.source == "hub" and not self.path:
+            raise PydanticCustomError("data", "is required when source is hub (e.g. glue)", {"field": "path"})
+        if self.source != "hub" and (self.path or self.name):
+            raise PydanticCustomError("data", "is only used with source: hub", {"field": "path" if self.path else "name"})
+        return self
+
+    @property
+    def text_columns(self) -> tuple[str, ...]:
+        return (self.text_column,) if isinstance(self.text_column, str) else tuple(self.text_column)
+
+    @property
+    def file_splits(self) -> dict[str, str]:
+        """Split -> file path, for file sources."""
+        if self.source not in ("csv", "json", "parquet"):
+            return {}
+        splits = {"train": self.train, "validation": self.validation, "test": self.test}
+        return {split: path for split, path in splits.items() if path}
+
+
+class SamplerSpec(BaseModel):
+    """Which Optuna sampler; keys other than ``type`` go to its constructor."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: Literal["tpe", "random", "grid", "gp", "cmaes"] = "tpe"
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class PrunerSpec(BaseModel):
+    """Which Optuna pruner; keys other than ``type`` go to its constructor.
+
+    Steps are training examples seen, so ``n_warmup_steps`` or hyperband's
+    ``min_resource`` are counted in examples, not optimizer steps.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: Literal["median", "percentile", "successive_halving", "hyperband", "none"] = "median"
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class EvaluationSpec(Strict):
+    # Evaluation points per epoch, placed by examples seen so that trials with
+    # different batch sizes are compared after the same amount of data.
+    points_per_epoch: int = Field(2, ge=1, le=100)
+    batch_size: int = Field(64, ge=1)
+
+
+class RuntimeSpec(Strict):
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    # auto: bf16 autocast on GPUs that support it, fp32 elsewhere.
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    # CPU threads per worker; None leaves torch's default.
+    num_threads: int | None = Field(None, ge=1)
+
+
+class StudySpec(Strict):
+    name: str = Field(min_length=1, max_length=500)
+    storage: str = DEFAULT_STORAGE
+    n_trials: int = Field(ge=1)  # global budget: finished trials across all launches and workers
+    timeout: float | None = Field(None, gt=0)  # seconds, per launch
+    seed: int = 0
+    model: str = Field(min_length=1)  # hub id, local directory, or "demo"
+    task: Literal["text-classification"] = "text-classification"
+    data: DataSpec
+    metric: Literal[tuple(METRICS)] = "accuracy"  # type: ignore[valid-type]
+    sampler: SamplerSpec = SamplerSpec()
+    pruner: PrunerSpec = PrunerSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+    runtime: RuntimeSpec = RuntimeSpec()
+    search_space: dict[str, Dimension]
+
+    @property
+    def direction(self) -> str:
+        return METRICS[self.metric]
+
+    @property
+    def fixed_params(self) -> dict[str, Any]:
+        """Values that do not vary: fixed dimensions plus defaults of absent knobs."""
+        fixed = {name: knob.default for name, knob in KNOBS.items() if not knob.required}
+        fixed.update({k: v for k, v in self.search_space.items() if not isinstance(v, (Range, Choices))})
+        return fixed
+
+    @property
+    def searched(self) -> dict[str, Range | Choices]:
+        return {k: v for k, v in self.search_space.items() if isinstance(v, (Range, Choices))}
+
+    def sample(self, trial: Any) -> TrainingParams:
+        """Draw one configuration through the trial's ``suggest_*`` API."""
+        values = self.fixed_params
+        for name, dim in self.searched.items():
+            if isinstance(dim, Choices):
+                values[name] = trial.suggest_categorical(name, dim.choices)
+            elif dim.is_int:
+                values[name] = trial.suggest_int(name, dim.low, dim.high, step=dim.step or 1, log=dim.log)
+            else:
+                values[name] = trial.suggest_float(name, dim.low, dim.high, step=dim.step, log=dim.log)
+        return TrainingParams.from_values(values)
+
+    def with_fixed(self, params: dict[str, Any]) -> "StudySpec":
+        """The same study with the given parameters pinned (used by export)."""
+        space = dict(self.search_space)
+        space.update(params)
+        return self.model_copy(update={"search_space": space})
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_defaults=False)
+
+
+# --- loading -----------------------------------------------------------------
+
+_FRIENDLY = {
+    "missing": "is required",
+    "extra_forbidden": "is not a known key",
+    "union_tag_invalid": "has an unexpected form",
+    "int_from_float": "must be an integer",
+}
+
+
+def _format(error: dict[str, Any]) -> str:
+    if "<fixed>" in error["loc"]:
+        loc = ".".join(str(p) for p in error["loc"][: error["loc"].index("<fixed>")])
+        return f"{loc}: must be a value, {{low: .., high: ..}} or {{choices: [..]}}"
+    loc = [str(part) for part in error["loc"] if not str(part).startswith("<")]
+    ctx = error.get("ctx") or {}
+    if "field" in ctx:
+        loc.append(ctx["field"])
+    path = ".".join(loc) or "(top level)"
+    message = _FRIENDLY.get(error["type"], error["msg"])
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    if error["type"] == "too_short":
+        message = "must not be empty"
+    message = message.replace("Input should be greater than or equal to", "must be >=")
+    message = message.replace("Input should be greater than", "must be >").replace("Input should be less than", "must be <")
+    message = message.replace("Input should be ", "must be ")
+    return f"{path}: {message}"
+
+
+def _knob_problems(space: Any) -> list[str]:
+    """Problems with the search space's names and values that only the knob table knows."""
+    if not isinstance(space, dict):
+        return []
+    problems = [f"search_space.{name}: is required" for name in REQUIRED if name not in space]
+    for name, raw in space.items():
+        knob = KNOBS.get(name)
+        if knob is None:
+            problems.append(f"search_space.{name}: is not a known dimension (known: {', '.join(KNOBS)})")
+            continue
+        try:
+            dim = _DIMENSION.validate_python(raw)
+        except ValidationError:
+            continue  # already reported by the structural validation
+        if isinstance(dim, Range):
+            values = [("low", dim.low), ("high", dim.high)]
+            if knob.kind is str:
+                problems.append(f"search_space.{name}: takes choices, not a range")
+                continue
+            if knob.kind is int and not dim.is_int:
+                problems.append(f"search_space.{name}: bounds must be integers")
+                continue
+        elif isinstance(dim, Choices):
+            values = [(f"choices[{i}]", v) for i, v in enumerate(dim.choices)]
+        else:
+            values = [("", dim)]
+        for suffix, value in values:
+            problem = knob.problem(value)
+            if problem:
+                path = f"search_space.{name}" + (f".{suffix}" if suffix else "")
+                problems.append(f"{path}: {problem}")
+    return problems
+
+
+def _file_problems(raw: dict[str, Any], base: Path) -> list[str]:
+    data = raw.get("data")
+    if not isinstance(data, dict) or data.get("source") not in ("csv", "json", "parquet"):
+        return []
+    problems = []
+    for split in ("train", "validation", "test"):
+        value = data.get(split, "train" if split == "train" else None)
+        if isinstance(value, str) and not (base / value).is_file():
+            problems.append(f"data.{split}: file not found: {value}")
+    return problems
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make data file paths and local model directories independent of the working directory."""
+    raw = dict(raw)
+    data = raw.get("data")
+    if isinstance(data, dict) and data.get("source") in ("csv", "json", "parquet"):
+        data = dict(data)
+        for split in ("train", "validation", "test"):
+            if isinstance(data.get(split), str):
+                data[split] = str((base / data[split]).resolve())
+        raw["data"] = data
+    model = raw.get("model")
+    if isinstance(model, str) and model.startswith((".", "/")) and (base / model).is_dir():
+        raw["model"] = str((base / model).resolve())
+    return raw
+
+
+def parse_spec(raw: Any, source: str = "<study>", base: Path | None = None) -> StudySpec:
+    """Validate an already-parsed YAML document, reporting every problem at once."""
+    if not isinstance(raw, dict):
+        raise SpecError(source, ["the study file must be a mapping of keys to values"])
+    base = base or Path.cwd()
+    problems: list[str] = []
+    try:
+        StudySpec.model_validate(raw)
+    except ValidationError as exc:
+        problems.extend(_format(e) for e in exc.errors())
+    problems.extend(_knob_problems(raw.get("search_space")))
+    problems.extend(_file_problems(raw, base))
+    if problems:
+        raise SpecError(source, sorted(dict.fromkeys(problems)))
+    return StudySpec.model_validate(_resolve_paths(raw, base))
+
+
+def load_spec(path: str | os.PathLike[str], storage: str | None = None) -> StudySpec:
+    """Read a study file. ``storage`` (from --storage or HPO_STORAGE) overrides the file's."""
+    path = Path(path)
+    spec = parse_spec(read_yaml(path), source=str(path), base=path.parent)
+    override = storage or os.environ.get("HPO_STORAGE")
+    return spec.model_copy(update={"storage": override}) if override else spec

@@ -1,0 +1,254 @@
+"""Opening the shared study database, safely and without leaking secrets.
+
+Every function here that can fail raises ``StorageError`` with a message that
+names the host and database but never the password. Checks run before
+anything is written, so a bad URL or an unreachable host leaves no trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import re
+import time
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from hpo.errors import StorageError
+
+SUPPORTED_BACKENDS = ("sqlite", "postgresql", "mysql")
+# Seconds a SQLite writer waits for the lock before "database is locked".
+SQLITE_BUSY_TIMEOUT = 120
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***, safe for logs and errors."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def mask_text(message: str, url: str) -> str:
+    """Remove the URL's password from any text (driver errors can echo it)."""
+    try:
+        password = make_url(url).password
+    except (ArgumentError, ValueError):
+        password = None
+    if password:
+        message = message.replace(str(password), "***")
+    return message.replace(url, mask_url(url))
+
+
+def parse_url(url: str) -> URL:
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise StorageError(f"storage: malformed database URL {mask_url(url)!r}") from None
+    if parsed.get_backend_name() not in SUPPORTED_BACKENDS:
+        raise StorageError(
+            f"storage: unsupported backend {parsed.get_backend_name()!r} in {mask_url(url)!r} "
+            f"(use {', '.join(SUPPORTED_BACKENDS)})"
+        )
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise StorageError("storage: in-memory SQLite cannot be shared or resumed; give a file, e.g. sqlite:///hpo.db")
+    return parsed
+
+
+def sqlite_path(url: str) -> Path | None:
+    parsed = parse_url(url)
+    return Path(parsed.database) if parsed.get_backend_name() == "sqlite" else None
+
+
+def _where(parsed: URL) -> str:
+    if parsed.get_backend_name() == "sqlite":
+        return str(parsed.database)
+    return f"{parsed.host or 'localhost'}:{parsed.port or 'default port'}/{parsed.database or ''}"
+
+
+def _connect_args(parsed: URL) -> dict[str, object]:
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return {"timeout": SQLITE_BUSY_TIMEOUT}
+    if backend == "postgresql":
+        return {"connect_timeout": 5}
+    if backend == "mysql":
+        return {"connect_timeout": 5}
+    return {}
+
+
+def check_reachable(url: str) -> None:
+    """Fail fast, before any write, if the database cannot be used.
+
+    SQLite is checked without connecting, because connecting creates the file.
+    """
+    parsed = parse_url(url)
+    path = sqlite_path(url)
+    if path is not None:
+        folder = path.parent if str(path.parent) else Path(".")
+        if not folder.is_dir():
+            raise StorageError(f"storage: folder {folder} for the SQLite file does not exist")
+        return
+    try:
+        engine = create_engine(parsed, connect_args=_connect_args(parsed))
+        with engine.connect():
+            pass
+        engine.dispose()
+    except (SQLAlchemyError, ImportError, OSError) as exc:
+        reason = mask_text(str(getattr(exc, "orig", exc) or exc).strip().splitlines()[0], url)
+        raise StorageError(f"storage: cannot connect to {_where(parsed)}: {reason}") from None
+
+
+def existing_direction(url: str, study_name: str) -> str | None:
+    """The direction of an existing study of that name, read without creating anything."""
+    parsed = parse_url(url)
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        return None
+    engine = create_engine(parsed, connect_args=_connect_args(parsed))
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table("studies") or not inspect(conn).has_table("study_directions"):
+                return None
+            row = conn.execute(
+                text(
+                    "SELECT d.direction FROM studies s JOIN study_directions d ON d.study_id = s.study_id "
+                    "WHERE s.study_name = :name ORDER BY d.objective"
+                ),
+                {"name": study_name},
+            ).first()
+    except SQLAlchemyError as exc:
+        reason = mask_text(str(getattr(exc, "orig", exc)).strip().splitlines()[0], url)
+        raise StorageError(f"storage: cannot read {_where(parsed)}: {reason}") from None
+    finally:
+        engine.dispose()
+    if row is None:
+        return None
+    return str(row[0]).lower().replace("studydirection.", "")
+
+
+def check_direction(url: str, study_name: str, direction: str) -> None:
+    """Refuse to join a study of the same name that optimises the other way."""
+    existing = existing_direction(url, study_name)
+    if existing is not None and existing != direction:
+        raise StorageError(
+            f"study {study_name!r} already exists in {mask_url(url)} with direction {existing}, "
+            f"but this study file's metric needs {direction}; choose another name"
+        )
+
+
+def open_storage(
+    url: str,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    stale_trial_callback=None,
+):
+    """An Optuna RDBStorage tuned for several workers sharing one database."""
+    import optuna
+
+    parsed = parse_url(url)
+    engine_kwargs: dict[str, object] = {"connect_args": _connect_args(parsed)}
+    if parsed.get_backend_name() == "sqlite":
+        _enable_wal(sqlite_path(url))
+    else:
+        # Survive dropped idle connections and short server restarts.
+        engine_kwargs.update(pool_pre_ping=True, pool_size=2, max_overflow=2, pool_recycle=1800)
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=stale_trial_callback,
+        )
+    except (SQLAlchemyError, OSError) as exc:
+        reason = mask_text(str(getattr(exc, "orig", exc)).strip().splitlines()[0], url)
+        raise StorageError(f"storage: cannot open {_where(parsed)}: {reason}") from None
+
+
+def _enable_wal(path: Path | None) -> None:
+    """WAL lets readers (status, dashboard) run while a worker writes."""
+    import sqlite3
+
+    if path is None:
+        return
+    conn = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+    finally:
+        conn.close()
+
+
+def _lock_key(study_name: str) -> int:
+    digest = hashlib.sha256(f"hpo-budget:{study_name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@contextlib.contextmanager
+def budget_lock(url: str, study_name: str) -> Iterator[None]:
+    """Mutual exclusion across every worker of a study, on any machine.
+
+    Claiming a trial (count what is finished or running, then ask for a new
+    one) must be atomic, or parallel workers overshoot the budget. PostgreSQL
+    gives us advisory locks on a connection of their own; SQLite is one file on
+    one machine, so a file lock beside it does the same job.
+    """
+    parsed = parse_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        lock_path = Path(str(sqlite_path(url)) + ".hpo.lock")
+        with open(lock_path, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    engine = _lock_engine(url)
+    key = _lock_key(study_name)
+    with engine.connect() as conn:
+        if backend == "postgresql":
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        else:
+            conn.execute(text("SELECT GET_LOCK(:k, 3600)"), {"k": str(key)})
+        conn.commit()
+        try:
+            yield
+        finally:
+            if backend == "postgresql":
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            else:
+                conn.execute(text("SELECT RELEASE_LOCK(:k)"), {"k": str(key)})
+            conn.commit()
+
+
+_LOCK_ENGINES: dict[str, object] = {}
+
+
+def _lock_engine(url: str):
+    if url not in _LOCK_ENGINES:
+        parsed = parse_url(url)
+        _LOCK_ENGINES[url] = create_engine(
+            parsed, connect_args=_connect_args(parsed), pool_pre_ping=True, pool_size=1, max_overflow=0
+        )
+    return _LOCK_ENGINES[url]
+
+
+def retry(action, what: str, url: str, attempts: int = 8, first_wait: float = 0.25):
+    """Run a storage call, retrying with backoff through short database outages."""
+    wait = first_wait
+    for attempt in range(attempts):
+        try:
+            return action()
+        except (SQLAlchemyError, OSError) as exc:
+            if attempt == attempts - 1:
+                reason = mask_text(str(getattr(exc, "orig", exc)).strip().splitlines()[0], url)
+                raise StorageError(f"storage: {what} failed after {attempts} tries: {reason}") from None
+            time.sleep(wait)
+            wait = min(wait * 2, 5.0)
+    raise AssertionError("unreachable")

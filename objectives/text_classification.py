@@ -1,0 +1,173 @@
+"""Objective for ``task: text-classification``: single texts or text pairs, two or more classes.
+
+Construction does everything that is the same for every trial (read and
+check the data, tokenize through the cache, load the pretrained weights), so
+a mistake in the study surfaces before the first trial and each trial pays
+only for its own fine-tune. A trial talks to the search through the Optuna
+trial alone: ``suggest_*`` (via the spec), ``report``, ``should_prune``,
+``set_user_attr`` and ``TrialPruned``.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from typing import Any
+
+import optuna
+import torch
+
+from hpo.params import TrainingParams
+from hpo.spec import StudySpec
+from objectives import freezing
+from objectives.data import load_splits, load_test
+from objectives.errors import ObjectiveError
+from objectives.model import load_pretrained, model_depth
+from objectives.tokens import tokenize
+from objectives.training import Batcher, TrainResult, fine_tune, pick_runtime
+
+log = logging.getLogger("objectives.text_classification")
+
+
+def check_freeze_depth(spec: StudySpec, depth: int | None) -> None:
+    """A freeze depth the model cannot have dooms every trial that draws it."""
+    if depth is None:
+        return
+    dim = spec.search_space["freeze_depth"]
+    values = getattr(dim, "choices", None) or ([dim.high] if hasattr(dim, "high") else [dim])
+    too_deep = [v for v in values if v > depth]
+    if too_deep:
+        where = "high" if hasattr(dim, "high") else ("choices" if hasattr(dim, "choices") else "")
+        path = "search_space.freeze_depth" + (f".{where}" if where else "")
+        raise ObjectiveError(
+            f"{path}: {max(too_deep)} exceeds the depth of {spec.model} ({depth} layers; "
+            f"{depth} trains only the head)"
+        )
+
+
+def check(spec: StudySpec) -> dict[str, Any]:
+    """Cheap checks for ``hpo validate``: model depth from its config, local data read and checked."""
+    check_freeze_depth(spec, model_depth(spec.model))
+    if spec.data.source == "hub":
+        return {"data": "hub dataset: checked at launch"}
+    splits = load_splits(spec.data, spec.seed)
+    return {"train": len(splits.train), "validation": len(splits.validation), "labels": splits.label_names}
+
+
+class TextClassification:
+    def __init__(self, spec: StudySpec):
+        self.spec = spec
+        self.runtime = pick_runtime(spec.runtime.device, spec.runtime.precision)
+        if spec.runtime.num_threads:
+            torch.set_num_threads(spec.runtime.num_threads)
+        splits = load_splits(spec.data, spec.seed)
+        self.label_names = splits.label_names
+        self.dropped = splits.dropped
+        self.pretrained = load_pretrained(spec.model, splits.label_names)
+        self.depth = freezing.depth(self.pretrained.model)
+        check_freeze_depth(spec, self.depth)
+        self.train = self._batcher(splits.train)
+        self.validation = self._batcher(splits.validation)
+
+    def _batcher(self, dataset) -> Batcher:
+        tokenizer = self.pretrained.tokenizer
+        tokenized = tokenize(dataset, tokenizer, self.spec.data.text_columns, self.spec.data.max_length)
+        return Batcher(tokenized, tokenizer.pad_token_id)
+
+    def describe(self) -> dict[str, Any]:
+        """Facts worth keeping on the study: the label mapping above all."""
+        _, total = freezing.count_parameters(self.pretrained.model)
+        return {
+            "label_names": self.label_names,
+            "label2id": {name: i for i, name in enumerate(self.label_names)},
+            "train_examples": len(self.train),
+            "validation_examples": len(self.validation),
+            "rows_dropped": self.dropped,
+            "model_depth": self.depth,
+            "model_parameters": total,
+            "device": str(self.runtime.device),
+        }
+
+    def new_model(self, params: TrainingParams, seed: int):
+        model = self.pretrained.fresh_copy(seed)
+        freezing.freeze(model, params.freeze_depth)
+        return model
+
+    def train_model(self, model, params: TrainingParams, seed: int, *, validation=None, train=None, max_examples=None, on_eval=None, on_batch=None) -> TrainResult:
+        return fine_tune(
+            model,
+            train if train is not None else self.train,
+            validation,
+            params,
+            runtime=self.runtime,
+            seed=seed,
+            metric=self.spec.metric,
+            maximize=self.spec.direction == "maximize",
+            num_labels=len(self.label_names),
+            points_per_epoch=self.spec.evaluation.points_per_epoch,
+            eval_batch_size=self.spec.evaluation.batch_size,
+            max_examples=max_examples,
+            on_eval=on_eval,
+            on_batch=on_batch,
+        )
+
+    def test_batcher(self) -> Batcher:
+        """The held-out split; only retrain calls this, after the search."""
+        return self._batcher(load_test(self.spec.data, self.label_names))
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        params = self.spec.sample(trial)
+        start = time.perf_counter()
+        if self.runtime.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        model = self.new_model(params, self.spec.seed)
+        trainable, total = freezing.count_parameters(model)
+        metric = self.spec.metric
+
+        def on_eval(point) -> None:
+            trial.report(point.metrics[metric], step=point.examples)
+            log.info("trial %d: %s %.4f after %d examples (epoch %.2f)", trial.number, metric, point.metrics[metric], point.examples, point.epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"{metric} {point.metrics[metric]:.4f} after {point.examples} examples")
+
+        result = TrainResult()
+        try:
+            result = self.train_model(model, params, self.spec.seed, validation=self.validation, on_eval=on_eval)
+        finally:
+            self._record(trial, result, trainable, total, time.perf_counter() - start)
+            del model
+            gc.collect()
+            if self.runtime.device.type == "cuda":
+                torch.cuda.empty_cache()
+        if result.best is None:
+            raise ObjectiveError("no evaluation point was reached; is the train split empty?")
+        return result.best.metrics[metric]
+
+    def _record(self, trial: optuna.Trial, result: TrainResult, trainable: int, total: int, wall: float) -> None:
+        attrs: dict[str, Any] = {
+            "wall_seconds": round(wall, 2),
+            "train_seconds": round(result.train_seconds, 2),
+            "eval_seconds": round(result.eval_seconds, 2),
+            "examples_seen": result.examples_seen,
+            "examples_per_second": round(result.examples_per_second, 2),
+            "train_loss": round(result.train_loss, 5) if result.train_loss == result.train_loss else None,
+            "trainable_parameters": trainable,
+            "trainable_fraction": round(trainable / total, 4),
+            "device": str(self.runtime.device),
+            "peak_memory_mb": _peak_memory_mb(self.runtime.device),
+        }
+        if result.best is not None:
+            attrs["best_examples"] = result.best.examples
+            attrs["best_epoch"] = result.best.epoch
+            attrs["best_metrics"] = {k: round(v, 5) for k, v in result.best.metrics.items()}
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # process peak RSS

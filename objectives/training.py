@@ -1,0 +1,231 @@
+"""The fine-tuning loop: AdamW, warmup + decay, padding per batch, evaluation by examples seen.
+
+Evaluation points sit at fixed numbers of training examples (for example
+every half epoch), not at optimizer steps, so a batch-32 trial and a batch-16
+trial are compared after the same amount of data. The loop knows nothing of
+Optuna: it calls ``on_eval`` at each point, and the objective decides what a
+point means for the search (report, prune). Retraining reuses it as is.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from hpo.params import TrainingParams
+from objectives.metrics import classification_metrics
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    autocast_dtype: torch.dtype | None  # None: full fp32
+
+
+def pick_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
+    if device == "auto":
+        if torch.cuda.is_available():
+            device = "cuda"
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            device = "mps"
+        else:
+            device = "cpu"
+    dev = torch.device(device)
+    bf16_ok = dev.type == "cuda" and torch.cuda.is_bf16_supported()
+    if precision == "bf16" and not bf16_ok:
+        raise ValueError(f"runtime.precision bf16 is not supported on {dev}")
+    use_bf16 = precision == "bf16" or (precision == "auto" and bf16_ok)
+    return Runtime(device=dev, autocast_dtype=torch.bfloat16 if use_bf16 else None)
+
+
+@dataclass(frozen=True)
+class EvalPoint:
+    examples: int  # nominal examples seen: the step reported to the pruner
+    epoch: float
+    metrics: dict[str, float]
+
+
+@dataclass
+class TrainResult:
+    points: list[EvalPoint] = field(default_factory=list)
+    best: EvalPoint | None = None
+    examples_seen: int = 0
+    train_loss: float = float("nan")
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    stopped_early: bool = False
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.examples_seen / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+class Batcher:
+    """Pads each batch to its own longest sequence, not to ``max_length``."""
+
+    def __init__(self, dataset, pad_token_id: int):
+        columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in dataset.column_names]
+        data = dataset.with_format(None)
+        self.inputs = {c: data[c] for c in columns}
+        self.labels = np.asarray(data["labels"])
+        self.pad = {"input_ids": pad_token_id, "attention_mask": 0, "token_type_ids": 0}
+        self.lengths = np.asarray([len(ids) for ids in self.inputs["input_ids"]])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, indices: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
+        width = int(self.lengths[indices].max())
+        out = {}
+        for column, rows in self.inputs.items():
+            tensor = torch.full((len(indices), width), self.pad[column], dtype=torch.long)
+            for i, index in enumerate(indices):
+                row = rows[index]
+                tensor[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+            out[column] = tensor.to(device, non_blocking=True)
+        out["labels"] = torch.as_tensor(self.labels[indices], dtype=torch.long).to(device, non_blocking=True)
+        return out
+
+
+def _optimizer(model: torch.nn.Module, params: TrainingParams, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW without weight decay on biases and norms, as in the BERT recipe."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (no_decay if parameter.ndim < 2 else decay).append(parameter)
+    groups = [
+        {"params": decay, "weight_decay": params.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=params.learning_rate, fused=device.type == "cuda")
+
+
+def eval_targets(n_train: int, epochs: int, points_per_epoch: int) -> list[int]:
+    """Examples-seen counts at which to evaluate: evenly spaced within every epoch."""
+    return [round(n_train * (e + p / points_per_epoch)) for e in range(epochs) for p in range(1, points_per_epoch + 1)]
+
+
+@torch.no_grad()
+def evaluate(model, batcher: Batcher, runtime: Runtime, batch_size: int, num_labels: int) -> dict[str, float]:
+    model.eval()
+    order = np.argsort(batcher.lengths)  # similar lengths together: less padding
+    predictions = np.empty(len(batcher), dtype=np.int64)
+    loss_sum = 0.0
+    for start in range(0, len(order), batch_size):
+        indices = order[start : start + batch_size]
+        batch = batcher.batch(indices, runtime.device)
+        with torch.autocast(runtime.device.type, dtype=runtime.autocast_dtype, enabled=runtime.autocast_dtype is not None):
+            output = model(**batch)
+        loss_sum += float(output.loss) * len(indices)
+        predictions[indices] = output.logits.argmax(dim=-1).cpu().numpy()
+    metrics = classification_metrics(batcher.labels, predictions, num_labels)
+    metrics["loss"] = loss_sum / max(len(batcher), 1)
+    model.train()
+    return metrics
+
+
+def fine_tune(
+    model: torch.nn.Module,
+    train: Batcher,
+    validation: Batcher | None,
+    params: TrainingParams,
+    *,
+    runtime: Runtime,
+    seed: int,
+    metric: str,
+    maximize: bool,
+    num_labels: int,
+    points_per_epoch: int = 2,
+    eval_batch_size: int = 64,
+    max_examples: int | None = None,
+    on_eval: Callable[[EvalPoint], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> TrainResult:
+    """Train in place; evaluate at each target and remember the best point.
+
+    ``max_examples`` stops training early at a fixed amount of data (retraining
+    on train + validation stops where the winning trial was best).
+    """
+    from transformers import get_scheduler, set_seed
+
+    set_seed(seed)
+    model.to(runtime.device).train()
+    total_examples = len(train) * params.epochs
+    if max_examples is not None:
+        total_examples = min(total_examples, max_examples)
+    steps_per_epoch = math.ceil(len(train) / params.batch_size)
+    total_steps = max(1, math.ceil(total_examples / params.batch_size))
+    optimizer = _optimizer(model, params, runtime.device)
+    scheduler = get_scheduler(
+        params.lr_scheduler, optimizer, num_warmup_steps=round(params.warmup_ratio * total_steps), num_training_steps=total_steps
+    )
+    targets = [t for t in eval_targets(len(train), params.epochs, points_per_epoch) if t <= total_examples]
+    if validation is None:
+        targets = []
+    scorer = _Scorer(validation, runtime, eval_batch_size, num_labels, metric, maximize, on_eval)
+    rng = np.random.default_rng(seed)
+    result = TrainResult()
+    losses: list[float] = []
+    seen = 0
+    train_start = time.perf_counter()
+    for epoch in range(params.epochs):
+        order = rng.permutation(len(train))
+        for step in range(steps_per_epoch):
+            indices = order[step * params.batch_size : (step + 1) * params.batch_size]
+            batch = train.batch(indices, runtime.device)
+            with torch.autocast(runtime.device.type, dtype=runtime.autocast_dtype, enabled=runtime.autocast_dtype is not None):
+                loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], params.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            seen += len(indices)
+            if on_batch:
+                on_batch(seen, total_examples)
+            while targets and seen >= targets[0]:
+                result.train_seconds += time.perf_counter() - train_start
+                scorer.score(model, targets.pop(0), len(train), result)
+                train_start = time.perf_counter()
+            if seen >= total_examples:
+                break
+        if seen >= total_examples:
+            break
+    result.train_seconds += time.perf_counter() - train_start
+    result.examples_seen = seen
+    tail = losses[-max(1, steps_per_epoch):]
+    result.train_loss = float(np.mean(tail)) if tail else float("nan")
+    return result
+
+
+@dataclass
+class _Scorer:
+    """Evaluates at one point, keeps the best point, and tells the caller."""
+
+    validation: Batcher | None
+    runtime: Runtime
+    batch_size: int
+    num_labels: int
+    metric: str
+    maximize: bool
+    on_eval: Callable[[EvalPoint], None] | None
+
+    def score(self, model, target: int, n_train: int, result: TrainResult) -> None:
+        start = time.perf_counter()
+        metrics = evaluate(model, self.validation, self.runtime, self.batch_size, self.num_labels)
+        result.eval_seconds += time.perf_counter() - start
+        point = EvalPoint(examples=target, epoch=round(target / n_train, 4), metrics=metrics)
+        result.points.append(point)
+        if result.best is None or self._better(metrics[self.metric], result.best.metrics[self.metric]):
+            result.best = point
+        if self.on_eval:
+            self.on_eval(point)  # may raise: a pruned trial ends here
+
+    def _better(self, value: float, best: float) -> bool:
+        return value > best if self.maximize else value < best
