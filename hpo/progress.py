@@ -25,7 +25,7 @@ class LineProgress:
         print(text, file=self.stream, flush=True)
 
     def trial_started(self, worker: str, trial: optuna.Trial) -> None:
-        self._print(f"[{worker}] trial {trial.number} started: {format_params(trial.params)}")
+        self._print(f"[{worker}] trial {trial.number} started")
 
     def trial_ended(self, event: TrialEvent) -> None:
         trial, counts = event.trial, event.counts
@@ -45,5 +45,6 @@ class LineProgress:
         self._print(
             f"[{event.worker}] trial {trial.number} {outcome} | {best} | "
             f"{counts.finished}/{event.n_trials} finished ({counts.complete} complete, {counts.pruned} pruned, "
-            f"{counts.failed} failed, {counts.running} running) | {duration(elapsed)} elapsed{eta}"
+            f"{counts.failed} failed, {counts.running} running) | {duration(elapsed)} elapsed{eta}\n"
+            f"    {format_params(trial.params)}"
         )

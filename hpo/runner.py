@@ -18,6 +18,8 @@ import math
 import threading
 import time
 import traceback
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -98,15 +100,26 @@ class TooManyFailures(RuntimeError):
     pass
 
 
+@contextmanager
+def _expected_warnings():
+    """Silence Optuna's notes about APIs we use on purpose: heartbeats with ask/tell
+    (we beat ourselves) and the experimental stale-trial helpers."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        yield
+
+
 def open_study(spec: StudySpec, options: WorkerOptions, study_attrs: dict[str, Any]) -> optuna.Study:
     """Create the study or join it, refusing one that optimises the other way."""
     storage_lib.check_direction(spec.storage, spec.name, spec.direction)
-    store = storage_lib.open_storage(
-        spec.storage,
-        heartbeat_interval=options.heartbeat_interval,
-        grace_period=options.grace_period,
-        stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=options.max_retry),
-    )
+    with _expected_warnings():
+        store = storage_lib.open_storage(
+            spec.storage,
+            heartbeat_interval=options.heartbeat_interval,
+            grace_period=options.grace_period,
+            stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=options.max_retry),
+        )
     probe = optuna.create_study(
         study_name=spec.name, storage=store, direction=spec.direction, load_if_exists=True
     )
@@ -143,7 +156,7 @@ def _claim(study: optuna.Study, spec: StudySpec) -> optuna.Trial | None:
     what makes the budget exact; ``MaxTrialsCallback`` checks after the fact
     and overshoots by up to the number of workers minus one.
     """
-    with storage_lib.budget_lock(spec.storage, spec.name):
+    with storage_lib.budget_lock(spec.storage, spec.name), _expected_warnings():
         optuna.storages.fail_stale_trials(study)
         counts = count(study)
         if counts.finished + counts.running >= spec.n_trials:
@@ -185,7 +198,8 @@ def _record(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: 
         current = study._storage.get_trial(trial._trial_id)
         if current.state.is_finished():
             return current  # someone else (stale-trial check) finished it meanwhile
-        return study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+        with _expected_warnings():
+            return study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
 
     frozen = storage_lib.retry(tell, f"recording trial {trial.number}", spec.storage)
     if frozen.state != state and value is not None:
@@ -202,7 +216,8 @@ def _record(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: 
 
 def _requeue(study: optuna.Study, frozen: FrozenTrial, options: WorkerOptions) -> None:
     """Queue a preempted trial again with the same parameters, as heartbeats do for dead ones."""
-    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=options.max_retry)(study, frozen)
+    with _expected_warnings():
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=options.max_retry)(study, frozen)
 
 
 def run_worker(

@@ -53,6 +53,7 @@ def load_pretrained(model_name: str, label_names: list[str]) -> Pretrained:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     transformers.logging.set_verbosity_error()  # the "newly initialized head" notice is expected
+    transformers.logging.disable_progress_bar()
     path = resolve(model_name)
     id2label = dict(enumerate(label_names))
     try:

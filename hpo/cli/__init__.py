@@ -35,7 +35,9 @@ def parser() -> argparse.ArgumentParser:
 def _quiet_libraries() -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", module="optuna")
+    from optuna.exceptions import ExperimentalWarning
+
+    warnings.filterwarnings("ignore", category=ExperimentalWarning)
     logging.getLogger("optuna").setLevel(logging.WARNING)
 
 
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print("hpo: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
-        from hpo.runner import Preempted, TooManyFailures
+        from hpo.runner import TooManyFailures
 
         if isinstance(exc, TooManyFailures) and not args.debug:
             print(f"hpo: error: {exc}", file=sys.stderr)

@@ -1,0 +1,148 @@
+"""Shared fixtures: a tiny real transformer, small real data, real databases.
+
+Nothing is mocked. The model is a 2-layer BERT with hidden size 32, saved the
+way a hub checkpoint is (body without classification head); the data is a
+made-up but learnable sentiment task written to CSV files; studies run in a
+real SQLite file or the local PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+POSTGRES_URL = os.environ.get("HPO_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+POSITIVE = ["good", "great", "excellent", "love", "nice", "tasty", "fresh", "perfect"]
+NEGATIVE = ["bad", "awful", "poor", "hate", "terrible", "stale", "bland", "broken"]
+FILLER = ["the", "coffee", "tea", "box", "was", "really", "and", "it", "arrived", "product", "flavor", "price"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    os.environ["HPO_CACHE_DIR"] = str(tmp_path_factory.mktemp("tokenized"))
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ.pop("HPO_STORAGE", None)
+
+
+def make_sentences(n: int, seed: int) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.choice(["pos", "neg"])
+        words = rng.sample(FILLER, 5) + rng.sample(POSITIVE if label == "pos" else NEGATIVE, 2)
+        rng.shuffle(words)
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]], header=("text", "label")) -> Path:
+    import csv
+
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 2-layer BERT body (hidden 32) and a WordPiece tokenizer over the task's words."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)  # no classifier weights, like a hub checkpoint
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("data")
+    return {
+        "train": write_csv(folder / "train.csv", make_sentences(160, 1)),
+        "validation": write_csv(folder / "validation.csv", make_sentences(48, 2)),
+        "test": write_csv(folder / "test.csv", make_sentences(48, 3)),
+    }
+
+
+def study_dict(model_dir: Path, files: dict[str, Path], **overrides) -> dict:
+    """A small study on the tiny model; overrides replace top-level keys."""
+    study = {
+        "name": f"test-{uuid.uuid4().hex[:8]}",
+        "n_trials": 3,
+        "seed": 0,
+        "model": str(model_dir),
+        "data": {
+            "source": "csv",
+            "train": str(files["train"]),
+            "validation": str(files["validation"]),
+            "test": str(files["test"]),
+            "max_length": 32,
+        },
+        "sampler": {"type": "tpe", "n_startup_trials": 2},
+        "pruner": {"type": "median", "n_startup_trials": 1},
+        "runtime": {"num_threads": 1},
+        "search_space": {
+            "learning_rate": {"low": 1.0e-3, "high": 5.0e-3, "log": True},
+            "batch_size": {"choices": [16, 32]},
+            "epochs": {"low": 1, "high": 2},
+            "freeze_depth": {"low": 0, "high": 1},
+        },
+    }
+    study.update(overrides)
+    return study
+
+
+@pytest.fixture
+def make_study(tmp_path, tiny_model, tiny_data):
+    """Write a study file into a fresh folder; returns its path. Storage defaults to SQLite there."""
+
+    def make(**overrides) -> Path:
+        overrides.setdefault("storage", f"sqlite:///{tmp_path / 'hpo.db'}")
+        path = tmp_path / f"{overrides.get('name', 'study')}.yaml"
+        path.write_text(yaml.safe_dump(study_dict(tiny_model, tiny_data, **overrides), sort_keys=False))
+        return path
+
+    return make
+
+
+def hpo(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the CLI exactly as a user would type it."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "hpo", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The real local PostgreSQL. Unreachable is a failure, never a skip: CI must test it."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(POSTGRES_URL)
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"PostgreSQL at {POSTGRES_URL} is required for these tests: {exc}")
+    finally:
+        engine.dispose()
+    return POSTGRES_URL

@@ -1,0 +1,133 @@
+"""Every user mistake: exit code 2, one line naming the field, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from conftest import hpo, write_csv
+
+
+def _assert_user_error(result, *fragments: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("hpo: error: ")
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def _launch_writes_nothing(study_path, tmp_path, *fragments):
+    result = hpo("launch", str(study_path), cwd=tmp_path)
+    _assert_user_error(result, *fragments)
+    assert not (tmp_path / "hpo.db").exists(), "a failed launch must not create the database"
+    return result
+
+
+SPACE_CASES = {
+    "low >= high": ({"learning_rate": {"low": 1.0e-3, "high": 1.0e-4}}, "search_space.learning_rate.low"),
+    "log with low <= 0": ({"learning_rate": {"low": 0.0, "high": 1.0e-3, "log": True}}, "search_space.learning_rate.low: must be > 0"),
+    "empty choices": ({"batch_size": {"choices": []}}, "search_space.batch_size.choices: must not be empty"),
+    "wrong type": ({"epochs": {"low": 1, "high": "three"}}, "search_space.epochs.high"),
+    "unknown dimension": ({"dropout_rate": 0.1}, "search_space.dropout_rate: is not a known dimension"),
+    "negative batch": ({"batch_size": {"choices": [0, 16]}}, "search_space.batch_size.choices[0]: must be >= 1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPACE_CASES))
+def test_bad_search_space(make_study, tmp_path, case):
+    change, fragment = SPACE_CASES[case]
+    path = make_study()
+    study = yaml.safe_load(path.read_text())
+    study["search_space"].update(change)
+    path.write_text(yaml.safe_dump(study))
+    _launch_writes_nothing(path, tmp_path, fragment)
+
+
+def test_missing_required_dimension(make_study, tmp_path):
+    path = make_study()
+    study = yaml.safe_load(path.read_text())
+    del study["search_space"]["freeze_depth"]
+    path.write_text(yaml.safe_dump(study))
+    _launch_writes_nothing(path, tmp_path, "search_space.freeze_depth: is required")
+
+
+def test_yaml_syntax_error(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\nsearch_space: {learning_rate: [1, 2\n")
+    _launch_writes_nothing(path, tmp_path, "YAML syntax error at line")
+
+
+def test_unknown_key_and_all_problems_at_once(make_study, tmp_path):
+    path = make_study(n_trails=5, metric="acc", sampler={"type": "bayes"}, pruner={"type": "asha"})
+    result = _launch_writes_nothing(path, tmp_path, "n_trails: is not a known key", "metric: must be", "sampler.type", "pruner.type")
+    assert result.stderr.count(";") >= 3
+
+
+def test_unknown_sampler_option(make_study, tmp_path):
+    path = make_study(sampler={"type": "tpe", "n_startup": 3})
+    _launch_writes_nothing(path, tmp_path, "sampler.n_startup: is not an option of TPESampler")
+
+
+def test_freeze_depth_beyond_model(make_study, tmp_path):
+    path = make_study()
+    study = yaml.safe_load(path.read_text())
+    study["search_space"]["freeze_depth"] = {"low": 0, "high": 5}
+    path.write_text(yaml.safe_dump(study))
+    result = hpo("validate", str(path), cwd=tmp_path)
+    _assert_user_error(result, "search_space.freeze_depth.high: 5 exceeds the depth", "2 layers")
+    _launch_writes_nothing(path, tmp_path, "2 layers")
+
+
+def test_missing_data_file(make_study, tmp_path, tiny_data):
+    path = make_study(data={"source": "csv", "train": str(tmp_path / "nope.csv"), "validation": str(tiny_data["validation"])})
+    _launch_writes_nothing(path, tmp_path, "data.train: file not found")
+
+
+@pytest.mark.parametrize("column", ["text_column", "label_column"])
+def test_missing_column(make_study, tmp_path, tiny_data, column):
+    data = {"source": "csv", "train": str(tiny_data["train"]), "validation": str(tiny_data["validation"]), column: "stars"}
+    path = make_study(data=data)
+    _launch_writes_nothing(path, tmp_path, f"data.{column}: column 'stars' not in the train split", "columns: text, label")
+
+
+def test_empty_split(make_study, tmp_path, tiny_data):
+    empty = write_csv(tmp_path / "empty.csv", [])
+    path = make_study(data={"source": "csv", "train": str(tiny_data["train"]), "validation": str(empty)})
+    _launch_writes_nothing(path, tmp_path, "data.validation")
+
+
+def test_malformed_storage_url(make_study, tmp_path):
+    path = make_study(storage="postgres//nohost")
+    _launch_writes_nothing(path, tmp_path, "storage: malformed database URL")
+
+
+def test_unreachable_database_names_host_not_password(make_study, tmp_path):
+    path = make_study(storage="postgresql+psycopg://hpo:s3cretpw@127.0.0.1:1/hpo")
+    result = _launch_writes_nothing(path, tmp_path, "cannot connect to 127.0.0.1:1/hpo")
+    assert "s3cretpw" not in result.stderr + result.stdout
+
+
+def test_storage_override_from_environment_is_masked(make_study, tmp_path):
+    path = make_study()
+    result = hpo("validate", str(path), cwd=tmp_path, env={"HPO_STORAGE": "postgresql+psycopg://u:topsecret@127.0.0.1:1/db"})
+    _assert_user_error(result, "127.0.0.1:1/db")
+    assert "topsecret" not in result.stderr
+
+
+def test_existing_study_with_other_direction(make_study, tmp_path):
+    import optuna
+
+    path = make_study(name="clash", metric="loss")
+    optuna.create_study(study_name="clash", storage=f"sqlite:///{tmp_path / 'hpo.db'}", direction="maximize")
+    result = hpo("launch", str(path), cwd=tmp_path)
+    _assert_user_error(result, "already exists", "direction maximize")
+    assert len(optuna.load_study(study_name="clash", storage=f"sqlite:///{tmp_path / 'hpo.db'}").trials) == 0
+
+
+def test_debug_shows_traceback(make_study, tmp_path):
+    path = make_study(metric="acc")
+    result = hpo("--debug", "launch", str(path), cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr

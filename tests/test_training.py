@@ -1,0 +1,95 @@
+"""A real tiny transformer trained for real: freezing, pruning, evaluation points."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from hpo.params import TrainingParams
+from hpo.runner import WorkerOptions, run_worker
+from hpo.spec import parse_spec
+from objectives import build, freezing
+
+from conftest import study_dict
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def spec(tmp_path, tiny_model, tiny_data):
+    return parse_spec(study_dict(tiny_model, tiny_data, storage=f"sqlite:///{tmp_path / 'hpo.db'}"))
+
+
+def test_freezing_leaves_exactly_the_frozen_weights_unchanged(spec):
+    objective = build(spec)
+    params = TrainingParams(learning_rate=5e-3, batch_size=16, epochs=1, freeze_depth=1)
+    model = objective.new_model(params, seed=0)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    objective.train_model(model, params, seed=0)
+    frozen_prefixes = ("bert.embeddings.", "bert.encoder.layer.0.")
+    for name, parameter in model.named_parameters():
+        unchanged = torch.equal(before[name], parameter.detach())
+        if name.startswith(frozen_prefixes):
+            assert unchanged, f"{name} is frozen but changed"
+        else:
+            assert not unchanged, f"{name} is trainable but did not change"
+
+
+def test_freeze_depth_equal_to_depth_trains_only_the_head(spec):
+    objective = build(spec)
+    model = objective.new_model(TrainingParams(learning_rate=1e-3, batch_size=16, epochs=1, freeze_depth=2), seed=0)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias"}
+
+
+def test_trials_learn_the_task(spec):
+    objective = build(spec)
+    params = TrainingParams(learning_rate=5e-3, batch_size=16, epochs=2, freeze_depth=0)
+    result = objective.train_model(objective.new_model(params, 0), params, 0, validation=objective.validation)
+    assert result.best.metrics["accuracy"] >= 0.9, result.points
+    assert [p.examples for p in result.points] == [80, 160, 240, 320]
+
+
+def test_pruner_stops_a_weak_trial_early(spec):
+    """A good configuration first, then one that cannot learn: the median pruner must stop it."""
+    spec = spec.model_copy(update={"n_trials": 2})
+    study = optuna.create_study(study_name=spec.name, storage=spec.storage, direction="maximize")
+    study.enqueue_trial({"learning_rate": 5e-3, "batch_size": 16, "epochs": 2, "freeze_depth": 0})
+    study.enqueue_trial({"learning_rate": 1e-3, "batch_size": 16, "epochs": 2, "freeze_depth": 2})
+    run_worker(spec, build(spec), WorkerOptions())
+    trials = optuna.load_study(study_name=spec.name, storage=spec.storage).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert trials[1].user_attrs["examples_seen"] < 320, "the pruned trial must stop before its last epoch"
+
+
+ARCHITECTURES = {
+    "bert": ("BertConfig", "BertForSequenceClassification"),
+    "roberta": ("RobertaConfig", "RobertaForSequenceClassification"),
+    "distilbert": ("DistilBertConfig", "DistilBertForSequenceClassification"),
+    "deberta-v2": ("DebertaV2Config", "DebertaV2ForSequenceClassification"),
+    "electra": ("ElectraConfig", "ElectraForSequenceClassification"),
+    "gpt2": ("GPT2Config", "GPT2ForSequenceClassification"),
+    "llama": ("LlamaConfig", "LlamaForSequenceClassification"),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_layer_stack_is_found_in_every_family(arch):
+    import transformers
+
+    config_name, model_name = ARCHITECTURES[arch]
+    small = dict(
+        vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
+        n_embd=32, n_layer=3, n_head=2, dim=32, n_layers=3, n_heads=2, hidden_dim=64, num_labels=2,
+        max_position_embeddings=64, n_positions=64, pad_token_id=0, embedding_size=32,
+    )
+    config = getattr(transformers, config_name)(**small)
+    model = getattr(transformers, model_name)(config)
+    assert freezing.depth(model) == 3
+    embeddings = freezing.embedding_parameters(model)
+    assert any(p is model.get_input_embeddings().weight for p in embeddings)
+    freezing.freeze(model, 3)
+    head_trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert head_trainable and not any(".0." in n or ".2." in n for n in head_trainable), head_trainable
