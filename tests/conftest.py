@@ -56,20 +56,38 @@ def write_csv(path: Path, rows: list[tuple[str, str]], header=("text", "label"))
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    """A 2-layer BERT body (hidden 32) and a WordPiece tokenizer over the task's words."""
+    """A 2-layer BERT body (hidden 32) "pretrained" on the task's words, saved like a hub checkpoint.
+
+    A randomly initialised body needs many epochs to learn anything; a few
+    seconds of pre-training on other sentences gives it features a short
+    fine-tune can use, as a real pretrained model would.
+    """
     import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
     folder = tmp_path_factory.mktemp("tiny-bert")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)})
+    tokenizer.save_pretrained(folder)
     config = BertConfig(
         vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64,
+        intermediate_size=64, max_position_embeddings=64, num_labels=2,
     )
     torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)  # no classifier weights, like a hub checkpoint
+    model = BertForSequenceClassification(config)
+    rows = make_sentences(400, 99)
+    inputs = tokenizer([text for text, _ in rows], padding=True, return_tensors="pt")
+    labels = torch.tensor([label == "pos" for _, label in rows]).long()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(4):
+        order = torch.randperm(len(rows))
+        for start in range(0, len(rows), 32):
+            batch = order[start : start + 32]
+            loss = model(input_ids=inputs["input_ids"][batch], attention_mask=inputs["attention_mask"][batch], labels=labels[batch]).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    model.bert.save_pretrained(folder)  # the body only: the classifier head is missing, as on the hub
     return folder
 
 

@@ -19,7 +19,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def spec(tmp_path, tiny_model, tiny_data):
-    return parse_spec(study_dict(tiny_model, tiny_data, storage=f"sqlite:///{tmp_path / 'hpo.db'}"))
+    study = study_dict(tiny_model, tiny_data, storage=f"sqlite:///{tmp_path / 'hpo.db'}")
+    study["search_space"]["learning_rate"]["high"] = 0.9
+    return parse_spec(study)
 
 
 def test_freezing_leaves_exactly_the_frozen_weights_unchanged(spec):
@@ -57,10 +59,11 @@ def test_pruner_stops_a_weak_trial_early(spec):
     spec = spec.model_copy(update={"n_trials": 2})
     study = optuna.create_study(study_name=spec.name, storage=spec.storage, direction="maximize")
     study.enqueue_trial({"learning_rate": 5e-3, "batch_size": 16, "epochs": 2, "freeze_depth": 0})
-    study.enqueue_trial({"learning_rate": 1e-3, "batch_size": 16, "epochs": 2, "freeze_depth": 2})
+    # A learning rate this high wrecks the pretrained weights: the classic diverging trial.
+    study.enqueue_trial({"learning_rate": 0.5, "batch_size": 16, "epochs": 2, "freeze_depth": 0})
     run_worker(spec, build(spec), WorkerOptions())
     trials = optuna.load_study(study_name=spec.name, storage=spec.storage).trials
-    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED], [t.intermediate_values for t in trials]
     assert trials[1].user_attrs["examples_seen"] < 320, "the pruned trial must stop before its last epoch"
 
 
