@@ -134,6 +134,9 @@ class DataSpec(Strict):
     max_length: int = Field(128, ge=8, le=32768)
     max_train_samples: int | None = Field(None, ge=1)
     max_validation_samples: int | None = Field(None, ge=1)
+    # Batch examples of similar length together (less padding, much faster on
+    # varied texts); batches are still drawn in a new random order every epoch.
+    group_by_length: bool = True
 
     @field_validator("text_column")
     @classmethod

@@ -108,6 +108,7 @@ class TextClassification:
             points_per_epoch=self.spec.evaluation.points_per_epoch,
             eval_batch_size=self.spec.evaluation.batch_size,
             max_examples=max_examples,
+            group_by_length=self.spec.data.group_by_length,
             on_eval=on_eval,
             on_batch=on_batch,
         )

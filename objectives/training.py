@@ -105,6 +105,25 @@ def _optimizer(model: torch.nn.Module, params: TrainingParams, device: torch.dev
     return torch.optim.AdamW(groups, lr=params.learning_rate, fused=device.type == "cuda")
 
 
+def batch_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, group_by_length: bool) -> list[np.ndarray]:
+    """Shuffled batches; with grouping, each batch holds examples of similar length.
+
+    Grouping sorts within random chunks of 50 batches (as Hugging Face's
+    LengthGroupedSampler does), then shuffles the batches, so padding shrinks
+    while every epoch still sees a different random order.
+    """
+    order = rng.permutation(len(lengths))
+    if group_by_length:
+        chunk = batch_size * 50
+        order = np.concatenate(
+            [part[np.argsort(-lengths[part], kind="stable")] for part in np.array_split(order, max(1, len(order) // chunk))]
+        )
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if group_by_length:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
 def eval_targets(n_train: int, epochs: int, points_per_epoch: int) -> list[int]:
     """Examples-seen counts at which to evaluate: evenly spaced within every epoch."""
     return [round(n_train * (e + p / points_per_epoch)) for e in range(epochs) for p in range(1, points_per_epoch + 1)]
@@ -143,6 +162,7 @@ def fine_tune(
     points_per_epoch: int = 2,
     eval_batch_size: int = 64,
     max_examples: int | None = None,
+    group_by_length: bool = True,
     on_eval: Callable[[EvalPoint], None] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
@@ -174,9 +194,7 @@ def fine_tune(
     seen = 0
     train_start = time.perf_counter()
     for epoch in range(params.epochs):
-        order = rng.permutation(len(train))
-        for step in range(steps_per_epoch):
-            indices = order[step * params.batch_size : (step + 1) * params.batch_size]
+        for indices in batch_order(train.lengths, params.batch_size, rng, group_by_length):
             batch = train.batch(indices, runtime.device)
             with torch.autocast(runtime.device.type, dtype=runtime.autocast_dtype, enabled=runtime.autocast_dtype is not None):
                 loss = model(**batch).loss
