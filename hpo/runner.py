@@ -13,8 +13,10 @@ night-long study.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import socket
 import threading
 import time
 import traceback
@@ -28,6 +30,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo import storage as storage_lib
 from hpo.heartbeat import Heartbeat
+from hpo.resilient import call_with_retries
+from hpo.watchdog import time_limit
 from hpo.pruners import build_pruner
 from hpo.samplers import build_sampler
 from hpo.spec import StudySpec
@@ -86,13 +90,11 @@ class TrialEvent:
 class WorkerOptions:
     name: str = "worker-0"
     index: int = 0  # distinguishes sampler seeds between parallel workers
-    heartbeat_interval: int = 10  # seconds between heartbeats of a running trial
-    grace_period: int = 60  # a trial whose heartbeat is older than this is failed and retried
-    max_retry: int = 3  # how often a dead worker's trial is re-queued with the same parameters
     max_consecutive_failures: int = 3  # stop when every trial fails: the budget never shrinks then
     poll_interval: float = 2.0  # seconds between looks while other workers finish the last trials
     on_trial_start: Callable[[str, optuna.Trial], None] | None = None
     on_trial_end: Callable[[TrialEvent], None] | None = None
+    on_study_open: Callable[[optuna.Study], None] | None = None  # once the study exists (the launch's dashboard note)
     stop: threading.Event = field(default_factory=threading.Event)
 
 
@@ -111,31 +113,65 @@ def _expected_warnings():
 
 
 def open_study(spec: StudySpec, options: WorkerOptions, study_attrs: dict[str, Any]) -> optuna.Study:
-    """Create the study or join it, refusing one that optimises the other way."""
+    """Create the study or join it, refusing one that optimises the other way.
+
+    Creation happens under the study's lock: workers starting at the same
+    instant against a new database would otherwise race on the schema.
+    """
     storage_lib.check_direction(spec.storage, spec.name, spec.direction)
-    with _expected_warnings():
+    with storage_lib.budget_lock(spec.storage, spec.name), _expected_warnings():
         store = storage_lib.open_storage(
             spec.storage,
-            heartbeat_interval=options.heartbeat_interval,
-            grace_period=options.grace_period,
-            stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=options.max_retry),
+            heartbeat_interval=spec.heartbeat.interval,
+            grace_period=spec.heartbeat.grace_period,
+            stale_trial_callback=lambda study, trial: requeue(study, trial, "worker lost (no heartbeat)", spec.heartbeat.max_retry),
         )
-    probe = optuna.create_study(
-        study_name=spec.name, storage=store, direction=spec.direction, load_if_exists=True
-    )
-    started = len(probe.get_trials(deepcopy=False))
+        probe = optuna.create_study(study_name=spec.name, storage=store, direction=spec.direction, load_if_exists=True)
+        started = len(probe.get_trials(deepcopy=False))
     study = optuna.load_study(
         study_name=spec.name,
         storage=store,
         # A different seed per worker and per launch, or resumed and parallel
         # workers would replay the same random draws.
-        sampler=build_sampler(spec, seed=spec.seed * 1_000_003 + options.index * 7919 + started),
+        sampler=build_sampler(spec, seed=_sampler_seed(spec.seed, options, started)),
         pruner=build_pruner(spec),
     )
     for key, value in study_attrs.items():
         if study.user_attrs.get(key) != value:
             study.set_user_attr(key, value)
     return study
+
+
+def _sampler_seed(seed: int, options: WorkerOptions, started: int) -> int:
+    """Distinct per worker, per host and per launch, yet repeatable for one worker on one host.
+
+    Workers started by a scheduler (Kubernetes pods, Slurm tasks, compose
+    replicas) all have index 0; their host names and worker names tell them apart.
+    """
+    identity = f"{seed}/{options.index}/{options.name}/{socket.gethostname()}/{started}"
+    return int.from_bytes(hashlib.sha256(identity.encode()).digest()[:4], "big")
+
+
+def requeue(study: optuna.Study, failed: FrozenTrial, reason: str, max_retry: int) -> None:
+    """Queue a lost trial again with the same parameters, linked to the original.
+
+    Keeps Optuna's ``failed_trial``/``retry_history`` system attributes, so
+    ``RetryHeartbeatStaleTrialCallback.retried_trial_number`` works on our studies.
+    """
+    history = [*failed.system_attrs.get("retry_history", []), failed.number]
+    if len(history) > max_retry:
+        log.warning("trial %d lost (%s); not retried: %d retries already", failed.number, reason, max_retry)
+        return
+    log.warning("trial %d lost (%s); queued again with the same parameters", failed.number, reason)
+    study.add_trial(
+        optuna.create_trial(
+            state=TrialState.WAITING,
+            params=failed.params,
+            distributions=failed.distributions,
+            user_attrs={"retry_of": failed.number, "retry_reason": reason},
+            system_attrs={"failed_trial": failed.system_attrs.get("failed_trial", failed.number), "retry_history": history},
+        )
+    )
 
 
 def count(study: optuna.Study) -> Counts:
@@ -169,12 +205,18 @@ def _reason(exc: BaseException) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
-def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, options: WorkerOptions):
+def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, spec: StudySpec):
     """Run the objective; return (state, value, failure reason)."""
     store = study._storage
-    with Heartbeat(store, trial._trial_id, options.heartbeat_interval):
+
+    def hung() -> None:
+        trial.set_user_attr("fail_reason", f"trial_timeout: hung past {spec.trial_timeout:g}s")
+        store.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+
+    with Heartbeat(store, trial._trial_id, spec.heartbeat.interval):
         try:
-            value = float(objective(trial))
+            with time_limit(spec.trial_timeout, hung):
+                value = float(objective(trial))
         except optuna.TrialPruned:
             return TrialState.PRUNED, None, None
         except Preempted:
@@ -191,17 +233,16 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, opt
 
 def _record(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None, reason: str | None, spec):
     """Tell the storage, riding out short outages; never lose a computed result silently."""
-    if reason:
-        storage_lib.retry(lambda: trial.set_user_attr("fail_reason", reason), "recording the failure", spec.storage)
-
-    def tell():
-        current = study._storage.get_trial(trial._trial_id)
-        if current.state.is_finished():
-            return current  # someone else (stale-trial check) finished it meanwhile
-        with _expected_warnings():
-            return study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
-
-    frozen = storage_lib.retry(tell, f"recording trial {trial.number}", spec.storage)
+    current = study._storage.get_trial(trial._trial_id)
+    if reason and not current.state.is_finished():
+        trial.set_user_attr("fail_reason", reason)
+    if not current.state.is_finished():  # else someone else (a stale-trial check) finished it meanwhile
+        try:
+            with _expected_warnings():
+                study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # finished between our look and our tell; the state is read back below
+    frozen = study._storage.get_trial(trial._trial_id)
     if frozen.state != state and value is not None:
         log.warning(
             "trial %d finished with %s = %.6g but was already marked %s by another worker; "
@@ -210,14 +251,8 @@ def _record(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: 
         )
         lost = dict(study.user_attrs.get("lost_results", {}))
         lost[str(trial.number)] = {"value": value, "params": trial.params}
-        storage_lib.retry(lambda: study.set_user_attr("lost_results", lost), "keeping a lost result", spec.storage)
-    return study._storage.get_trial(trial._trial_id)
-
-
-def _requeue(study: optuna.Study, frozen: FrozenTrial, options: WorkerOptions) -> None:
-    """Queue a preempted trial again with the same parameters, as heartbeats do for dead ones."""
-    with _expected_warnings():
-        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=options.max_retry)(study, frozen)
+        study.set_user_attr("lost_results", lost)
+    return frozen
 
 
 def run_worker(
@@ -225,13 +260,15 @@ def run_worker(
 ) -> Counts:
     """Run trials until the study's global budget is spent, the timeout passes or we are stopped."""
     study = open_study(spec, options, study_attrs or {})
+    if options.on_study_open:
+        options.on_study_open(study)
     start = time.monotonic()
     failures_in_row = 0
     while not options.stop.is_set():
         if spec.timeout is not None and time.monotonic() - start >= spec.timeout:
             log.info("%s: timeout of %ss reached", options.name, spec.timeout)
             break
-        trial = storage_lib.retry(lambda: _claim(study, spec), "claiming a trial", spec.storage)
+        trial = call_with_retries(lambda: _claim(study, spec), "claiming a trial", mask=lambda t: storage_lib.mask_text(t, spec.storage))
         if trial is None:
             counts = count(study)
             if counts.finished >= spec.n_trials or counts.running == 0:
@@ -240,11 +277,11 @@ def run_worker(
             continue
         if options.on_trial_start:
             options.on_trial_start(options.name, trial)
-        state, value, reason = _run_one(study, trial, objective, options)
+        state, value, reason = _run_one(study, trial, objective, spec)
         frozen = _record(study, trial, state, value, reason, spec)
         if reason in ("preempted", "interrupted"):
             if reason == "preempted":
-                _requeue(study, frozen, options)
+                requeue(study, frozen, "preempted", spec.heartbeat.max_retry)
             raise Preempted() if reason == "preempted" else KeyboardInterrupt()
         if options.on_trial_end:
             counts = count(study)

@@ -199,6 +199,28 @@ class EvaluationSpec(Strict):
     batch_size: int = Field(64, ge=1)
 
 
+class RetrainSpec(Strict):
+    """What ``hpo retrain`` does with the winner once the search is over."""
+
+    # Re-run the K best configurations on the validation split with every seed
+    # below and pick the best mean: one lucky seed should not win the study.
+    top_k: int = Field(1, ge=1)
+    seeds: list[Annotated[StrictInt, Field(ge=0, lt=2**32)]] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    # train+validation: training stops at the winner's best point (there is no
+    # validation split left to choose it); train: each seed keeps its best point.
+    on: Literal["train+validation", "train"] = "train+validation"
+    # Retrained models go to <output_dir>/<study name>/model, relative to the
+    # current directory like the default SQLite file; the path is kept on the study.
+    output_dir: str = Field("retrained", min_length=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError("must not repeat a seed")
+        return value
+
+
 class RuntimeSpec(Strict):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     # auto: bf16 autocast on GPUs that support it, fp32 elsewhere.
@@ -207,11 +229,28 @@ class RuntimeSpec(Strict):
     num_threads: int | None = Field(None, ge=1)
 
 
+class HeartbeatSpec(Strict):
+    """How dead workers are detected and their trials retried."""
+
+    interval: int = Field(10, ge=1)  # seconds between heartbeats of a running trial
+    # A trial silent for this long is failed and re-queued. Keep it well above
+    # `interval` and above the database outages you want to ride out.
+    grace_period: int = Field(60, ge=2)
+    max_retry: int = Field(3, ge=0)  # re-queues of the same parameters after a lost worker
+
+    @model_validator(mode="after")
+    def _grace_above_interval(self) -> "HeartbeatSpec":
+        if self.grace_period <= self.interval:
+            raise PydanticCustomError("heartbeat", "must be greater than interval", {"field": "grace_period"})
+        return self
+
+
 class StudySpec(Strict):
     name: str = Field(min_length=1, max_length=500)
     storage: str = DEFAULT_STORAGE
     n_trials: int = Field(ge=1)  # global budget: finished trials across all launches and workers
     timeout: float | None = Field(None, gt=0)  # seconds, per launch
+    trial_timeout: float | None = Field(None, gt=0)  # seconds one trial may run before it is failed
     seed: int = 0
     model: str = Field(min_length=1)  # hub id, local directory, or "demo"
     task: Literal["text-classification"] = "text-classification"
@@ -220,7 +259,9 @@ class StudySpec(Strict):
     sampler: SamplerSpec = SamplerSpec()
     pruner: PrunerSpec = PrunerSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
+    retrain: RetrainSpec = RetrainSpec()
     runtime: RuntimeSpec = RuntimeSpec()
+    heartbeat: HeartbeatSpec = HeartbeatSpec()
     search_space: dict[str, Dimension]
 
     @property

@@ -11,7 +11,6 @@ import contextlib
 import fcntl
 import hashlib
 import re
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -149,8 +148,6 @@ def open_storage(
     stale_trial_callback=None,
 ):
     """An Optuna RDBStorage tuned for several workers sharing one database."""
-    import optuna
-
     parsed = parse_url(url)
     engine_kwargs: dict[str, object] = {"connect_args": _connect_args(parsed)}
     if parsed.get_backend_name() == "sqlite":
@@ -158,8 +155,10 @@ def open_storage(
     else:
         # Survive dropped idle connections and short server restarts.
         engine_kwargs.update(pool_pre_ping=True, pool_size=2, max_overflow=2, pool_recycle=1800)
+    from hpo.resilient import ResilientRDBStorage
+
     try:
-        return optuna.storages.RDBStorage(
+        store = ResilientRDBStorage(
             url,
             engine_kwargs=engine_kwargs,
             heartbeat_interval=heartbeat_interval,
@@ -169,6 +168,8 @@ def open_storage(
     except (SQLAlchemyError, OSError) as exc:
         reason = mask_text(str(getattr(exc, "orig", exc)).strip().splitlines()[0], url)
         raise StorageError(f"storage: cannot open {_where(parsed)}: {reason}") from None
+    store.mask = lambda text: mask_text(text, url)
+    return store
 
 
 def _enable_wal(path: Path | None) -> None:
@@ -237,18 +238,3 @@ def _lock_engine(url: str):
             parsed, connect_args=_connect_args(parsed), pool_pre_ping=True, pool_size=1, max_overflow=0
         )
     return _LOCK_ENGINES[url]
-
-
-def retry(action, what: str, url: str, attempts: int = 8, first_wait: float = 0.25):
-    """Run a storage call, retrying with backoff through short database outages."""
-    wait = first_wait
-    for attempt in range(attempts):
-        try:
-            return action()
-        except (SQLAlchemyError, OSError) as exc:
-            if attempt == attempts - 1:
-                reason = mask_text(str(getattr(exc, "orig", exc)).strip().splitlines()[0], url)
-                raise StorageError(f"storage: {what} failed after {attempts} tries: {reason}") from None
-            time.sleep(wait)
-            wait = min(wait * 2, 5.0)
-    raise AssertionError("unreachable")

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import signal
+import sys
 
 from hpo.cli import common, preflight
 from hpo.cli.status import study_report
-from hpo.progress import LineProgress
+from hpo import note, progress as progress_lib
+from hpo import workers
 from hpo.runner import Preempted, WorkerOptions, run_worker
 
 
 def add_parser(sub) -> None:
     parser = sub.add_parser("launch", help="run trials until the study's budget (n_trials, timeout) is spent")
     common.add_study_argument(parser)
+    parser.add_argument("--gpus", help="'all' or a list such as 0,2: one worker process per GPU, pinned to it")
+    parser.add_argument("--workers", type=int, help="worker processes (per GPU with --gpus; CPU workers without)")
+    parser.add_argument("--quiet", action="store_true", help="print only errors and the final summary")
+    # Internal: set by the parent for each worker process it starts.
+    parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     parser.set_defaults(handler=run)
 
 
@@ -35,16 +44,51 @@ def study_attributes(spec, objective) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    import objectives
-
     spec = common.load(args)
     preflight.check_search_options(spec)
     preflight.check_storage(spec)
-    objective = objectives.build(spec)  # reads data, tokenizes, loads weights: fails before any trial
-    progress = LineProgress(spec.metric)
-    signal.signal(signal.SIGTERM, _raise_preempted)
-    options = WorkerOptions(on_trial_start=progress.trial_started, on_trial_end=progress.trial_ended)
-    run_worker(spec, objective, options, study_attributes(spec, objective))
+    if args.quiet and not args.debug:
+        logging.getLogger().setLevel(logging.WARNING)
+    if args.worker_index is None and (args.gpus or (args.workers or 1) > 1):
+        return _run_several(args, spec)
+    _run_one_worker(args, spec)
+    if args.worker_index is None:
+        print()
+        print(study_report(spec))
+    return 0
+
+
+def _run_several(args: argparse.Namespace, spec) -> int:
+    gpus = workers.parse_gpus(args.gpus, workers.visible_gpus()) if args.gpus else None
+    slots = workers.plan(gpus, args.workers)
+    print(f"starting {len(slots)} workers: {', '.join(s.name for s in slots)}", flush=True)
+    # In a terminal the parent draws one live panel for every worker (read from the storage) and the
+    # workers keep quiet; elsewhere each worker prints its own lines.
+    live = not args.quiet and progress_lib.is_terminal(sys.stdout)
+    extra = (["--debug"] if args.debug else []) + (["--quiet"] if args.quiet or live else [])
+    with progress_lib.choose(spec, quiet=not live):
+        code = workers.run(args.study, spec.storage, slots, extra)
     print()
     print(study_report(spec))
-    return 0
+    return code
+
+
+def _run_one_worker(args: argparse.Namespace, spec) -> None:
+    import objectives
+
+    name = os.environ.get("HPO_WORKER_NAME", "worker-0")
+    if args.worker_index is not None:
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(logging.Formatter(f"%(asctime)s [{name}] %(message)s", "%H:%M:%S"))
+    objective = objectives.build(spec)  # reads data, tokenizes, loads weights: fails before any trial
+    progress = progress_lib.choose(spec, quiet=args.quiet, live=args.worker_index is None)
+    signal.signal(signal.SIGTERM, _raise_preempted)
+    options = WorkerOptions(
+        name=name,
+        index=args.worker_index or 0,
+        on_study_open=lambda study: note.annotate(study, spec),
+        on_trial_start=progress.trial_started,
+        on_trial_end=progress.trial_ended,
+    )
+    with progress:
+        run_worker(spec, objective, options, study_attributes(spec, objective))

@@ -1,0 +1,50 @@
+"""A real worker process with a plain objective that sleeps instead of training.
+
+Budget, kill, outage, hang and queue tests are about processes and the
+database, not about models; a sleeping objective makes them fast and
+lets each test choose how long a trial lasts. Usage:
+
+    python sleepy_worker.py STUDY.yaml WORKER_INDEX SECONDS_PER_TRIAL [hang]
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+
+from hpo.runner import Preempted, WorkerOptions, run_worker
+from hpo.spec import load_spec
+
+
+def main() -> int:
+    spec = load_spec(sys.argv[1])
+    index, seconds = int(sys.argv[2]), float(sys.argv[3])
+    hang = len(sys.argv) > 4 and sys.argv[4] == "hang"
+    logging.basicConfig(level=logging.INFO, format=f"[w{index}] %(message)s")
+
+    def objective(trial):
+        params = spec.sample(trial)
+        steps = 5
+        for step in range(1, steps + 1):
+            time.sleep(seconds / steps)
+            trial.report(params.learning_rate * step, step=step)
+        while hang and trial.number == 0:
+            time.sleep(0.1)  # a deadlocked data loader, as far as anyone can tell
+        print(f"finished trial {trial.number}", flush=True)
+        return params.learning_rate
+
+    def preempt(signum, frame):
+        raise Preempted()
+
+    signal.signal(signal.SIGTERM, preempt)
+    try:
+        run_worker(spec, objective, WorkerOptions(name=f"w{index}", index=index, poll_interval=0.2))
+    except Preempted:
+        return 143
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

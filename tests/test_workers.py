@@ -1,0 +1,208 @@
+"""Many workers on one study: exact budget, dead and preempted workers, database outages, hangs.
+
+Real processes against a real SQLite file and the real local PostgreSQL. Most
+workers here run tests/sleepy_worker.py (an objective that sleeps) because
+what is tested is the processes and the database; the CLI tests at the end
+use the tiny transformer.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from conftest import hpo
+from hpo.errors import UserError
+from hpo.workers import parse_gpus, plan
+
+pytestmark = pytest.mark.slow
+
+SLEEPY = Path(__file__).parent / "sleepy_worker.py"
+
+
+def sleepy_study(tmp_path: Path, storage: str, n_trials: int, **extra) -> Path:
+    study = {
+        "name": f"workers-{uuid.uuid4().hex[:8]}",
+        "storage": storage,
+        "n_trials": n_trials,
+        "model": "unused",
+        "data": {"source": "demo"},
+        "sampler": {"type": "random"},
+        "pruner": {"type": "none"},
+        "search_space": {
+            "learning_rate": {"low": 1.0e-5, "high": 1.0e-3, "log": True},
+            "batch_size": {"choices": [8, 16, 32]},
+            "epochs": 1,
+            "freeze_depth": 0,
+        },
+        **extra,
+    }
+    path = tmp_path / f"{study['name']}.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def start(study: Path, index: int, seconds: float, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(SLEEPY), str(study), str(index), str(seconds), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(SLEEPY.parent.parent)},
+    )
+
+
+def finish(processes: list[subprocess.Popen], timeout: float = 120) -> list[int]:
+    codes = []
+    for process in processes:
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise AssertionError(f"worker did not finish: {process.stdout.read()}")
+        codes.append(process.returncode)
+    return codes
+
+
+def trials(study: Path):
+    spec = yaml.safe_load(study.read_text())
+    return optuna.load_study(study_name=spec["name"], storage=spec["storage"]).trials
+
+
+def finished(all_trials) -> list:
+    return [t for t in all_trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def storage(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'hpo.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def test_parallel_workers_spend_the_budget_exactly(tmp_path, storage):
+    study = sleepy_study(tmp_path, storage, n_trials=10)
+    codes = finish([start(study, i, 0.3) for i in range(4)])
+    assert codes == [0, 0, 0, 0]
+    done = trials(study)
+    assert len(finished(done)) == 10, [t.state for t in done]
+    assert len(done) == 10, "no trial beyond the budget was even started"
+    assert len({t.number for t in done}) == 10
+
+
+def test_killed_worker_trial_is_retried_and_budget_stays_exact(tmp_path, postgres_url):
+    study = sleepy_study(tmp_path, postgres_url, n_trials=4, heartbeat={"interval": 1, "grace_period": 3})
+    victim = start(study, 0, 4.0)
+    time.sleep(2.5)  # the victim is inside its first trial
+    survivor = start(study, 1, 0.5)
+    victim.send_signal(signal.SIGKILL)
+    assert finish([survivor]) == [0]
+    done = trials(study)
+    lost = [t for t in done if t.state == TrialState.FAIL]
+    assert len(lost) == 1 and len(finished(done)) == 4
+    retries = [t for t in done if t.user_attrs.get("retry_of") == lost[0].number]
+    assert len(retries) == 1 and retries[0].params == lost[0].params
+    assert retries[0].state == TrialState.COMPLETE
+    assert not [t for t in done if t.state == TrialState.RUNNING]
+
+
+@pytest.mark.parametrize("outage", [0.3, 5.0])
+def test_postgres_restart_mid_trial_loses_nothing(tmp_path, postgres_url, outage):
+    study = sleepy_study(tmp_path, postgres_url, n_trials=4)
+    workers = [start(study, i, 2.0) for i in range(2)]
+    time.sleep(3.0)  # both workers are mid-trial
+    version = os.listdir("/etc/postgresql")[0]
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", "--mode=fast", version, "main", "stop"], check=True)
+    time.sleep(outage)
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"], check=True)
+    codes = finish(workers)
+    logs = "".join(w.stdout.read() for w in workers)
+    assert codes == [0, 0], logs
+    if outage >= 5:
+        assert "database unavailable" in logs, "the workers must have hit the outage and retried"
+    done = trials(study)
+    assert [t.state for t in done] == [TrialState.COMPLETE] * 4, logs
+    spec = yaml.safe_load(study.read_text())
+    assert "lost_results" not in optuna.load_study(study_name=spec["name"], storage=postgres_url).user_attrs
+
+
+def test_hung_trial_is_ended_by_trial_timeout(tmp_path):
+    study = sleepy_study(tmp_path, f"sqlite:///{tmp_path / 'hpo.db'}", n_trials=2, trial_timeout=2)
+    assert finish([start(study, 0, 0.2, "hang")]) == [0]
+    done = trials(study)
+    assert done[0].state == TrialState.FAIL
+    assert done[0].user_attrs["fail_reason"].startswith("TrialTimeout: trial_timeout")
+    assert len(finished(done)) == 2
+
+
+def test_enqueued_configurations_run_exactly_once_with_eight_workers(tmp_path, storage):
+    study = sleepy_study(tmp_path, storage, n_trials=8)
+    spec = yaml.safe_load(study.read_text())
+    queued = optuna.create_study(study_name=spec["name"], storage=storage, direction="maximize")
+    rates = [1e-5 * (i + 1) for i in range(8)]
+    for rate in rates:
+        queued.enqueue_trial({"learning_rate": rate, "batch_size": 16})
+    assert finish([start(study, i, 0.2) for i in range(8)]) == [0] * 8
+    done = trials(study)
+    assert sorted(t.params["learning_rate"] for t in done) == pytest.approx(rates)
+    assert all(t.state == TrialState.COMPLETE for t in done)
+
+
+def test_sigterm_fails_the_trial_as_preempted_and_requeues_it(make_study):
+    path = make_study(name="preempt", n_trials=2, search_space={
+        "learning_rate": 3.0e-3, "batch_size": 16, "epochs": 40, "freeze_depth": {"low": 0, "high": 1},
+    })
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hpo", "launch", str(path)], cwd=path.parent,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    for line in process.stdout:
+        if "trial 0 started" in line:
+            break
+    time.sleep(1.0)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 143
+    assert time.monotonic() - sent < 10
+    done = trials(path)
+    assert done[0].state == TrialState.FAIL and done[0].user_attrs["fail_reason"] == "preempted"
+    assert done[1].state == TrialState.WAITING and done[1].user_attrs["retry_of"] == 0
+    assert done[1].params == done[0].params
+
+
+def test_launch_with_two_cli_workers_on_the_tiny_model(make_study):
+    path = make_study(name="pair", n_trials=4)
+    result = hpo("launch", str(path), "--workers", "2", cwd=path.parent)
+    assert result.returncode == 0, result.stderr
+    assert "starting 2 workers: worker-0, worker-1" in result.stdout
+    assert "[worker-0]" in result.stdout and "[worker-1]" in result.stdout
+    assert len(finished(trials(path))) == 4 and len(trials(path)) == 4
+
+
+def test_gpus_all_without_gpus_is_a_user_error(make_study):
+    path = make_study(name="nogpu")
+    result = hpo("launch", str(path), "--gpus", "all", cwd=path.parent, env={"CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 2
+    assert "no GPU is visible" in result.stderr
+
+
+def test_gpu_parsing_and_worker_environment():
+    assert parse_gpus("all", ["0", "1", "2"]) == ["0", "1", "2"]
+    assert parse_gpus("0,2", ["0", "1", "2"]) == ["0", "2"]
+    with pytest.raises(UserError, match="not visible"):
+        parse_gpus("0,5", ["0", "1"])
+    with pytest.raises(UserError, match="listed twice"):
+        parse_gpus("1,1", ["0", "1"])
+    slots = plan(["0", "2"], None)
+    assert [(s.name, s.env["CUDA_VISIBLE_DEVICES"]) for s in slots] == [("gpu0", "0"), ("gpu2", "2")]
+    doubled = plan(["3"], 2)
+    assert [(s.name, s.index, s.env["CUDA_VISIBLE_DEVICES"]) for s in doubled] == [("gpu3-0", 0, "3"), ("gpu3-1", 1, "3")]
+    cpu = plan(None, 4, cpu_count=8)
+    assert [s.env["OMP_NUM_THREADS"] for s in cpu] == ["2"] * 4 or "OMP_NUM_THREADS" in os.environ
