@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from typing import Callable, TypeVar
 
@@ -28,7 +29,7 @@ T = TypeVar("T")
 # How long a worker keeps retrying before it gives up on the database. Longer
 # than a routine restart, shorter than the heartbeat grace period, so a worker
 # that cannot reach the database stops before others declare its trial dead.
-DEFAULT_PATIENCE = 30.0
+DEFAULT_PATIENCE = float(os.environ.get("HPO_DB_PATIENCE", "30"))
 
 _TRANSIENT_MARKERS = (
     "connection", "server closed", "terminating", "shutting down", "could not connect", "starting up",
@@ -68,7 +69,10 @@ def call_with_retries(action: Callable[[], T], what: str, patience: float = DEFA
                 raise
             if time.monotonic() + wait > deadline:
                 reason = mask(_first_line(exc))
-                raise StorageError(f"storage: {what} failed for {patience:.0f}s: {reason}") from None
+                hint = ""
+                if "too many" in reason.lower():
+                    hint = "; each worker holds at most 3 connections: run fewer workers or raise max_connections"
+                raise StorageError(f"storage: {what} failed for {patience:.0f}s: {reason}{hint}") from None
             if attempt == 1 or attempt % 5 == 0:
                 log.warning("database unavailable during %s (%s); retrying", what, mask(_first_line(exc)))
             time.sleep(wait)

@@ -17,6 +17,7 @@ from typing import Iterator
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
 from hpo.errors import StorageError
 
@@ -154,17 +155,22 @@ def open_storage(
         _enable_wal(sqlite_path(url))
     else:
         # Survive dropped idle connections and short server restarts.
-        engine_kwargs.update(pool_pre_ping=True, pool_size=2, max_overflow=2, pool_recycle=1800)
-    from hpo.resilient import ResilientRDBStorage
+        # At most two pooled connections per worker (the trial thread and the
+        # heartbeat), plus one for the study lock while claiming.
+        engine_kwargs.update(pool_pre_ping=True, pool_size=1, max_overflow=1, pool_timeout=30, pool_recycle=1800)
+    from hpo.resilient import ResilientRDBStorage, call_with_retries
 
-    try:
-        store = ResilientRDBStorage(
+    def create() -> ResilientRDBStorage:
+        return ResilientRDBStorage(
             url,
             engine_kwargs=engine_kwargs,
             heartbeat_interval=heartbeat_interval,
             grace_period=grace_period,
             heartbeat_stale_trial_callback=stale_trial_callback,
         )
+
+    try:
+        store = call_with_retries(create, f"opening {_where(parsed)}", mask=lambda text: mask_text(text, url))
     except (SQLAlchemyError, OSError) as exc:
         reason = mask_text(str(getattr(exc, "orig", exc)).strip().splitlines()[0], url)
         raise StorageError(f"storage: cannot open {_where(parsed)}: {reason}") from None
@@ -234,7 +240,6 @@ _LOCK_ENGINES: dict[str, object] = {}
 def _lock_engine(url: str):
     if url not in _LOCK_ENGINES:
         parsed = parse_url(url)
-        _LOCK_ENGINES[url] = create_engine(
-            parsed, connect_args=_connect_args(parsed), pool_pre_ping=True, pool_size=1, max_overflow=0
-        )
+        # No pool: the lock's connection is open only while a worker claims a trial.
+        _LOCK_ENGINES[url] = create_engine(parsed, connect_args=_connect_args(parsed), poolclass=NullPool)
     return _LOCK_ENGINES[url]

@@ -133,6 +133,29 @@ def test_postgres_restart_mid_trial_loses_nothing(tmp_path, postgres_url, outage
     assert "lost_results" not in optuna.load_study(study_name=spec["name"], storage=postgres_url).user_attrs
 
 
+def test_connection_limit_gives_a_clear_message_not_a_crash(make_study, postgres_url):
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text("DROP DATABASE IF EXISTS hpo_limited WITH (FORCE)"))
+        conn.execute(text(
+            "DO $$ BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'hpo_limited') "
+            "THEN EXECUTE 'DROP OWNED BY hpo_limited'; END IF; END $$"
+        ))
+        conn.execute(text("DROP ROLE IF EXISTS hpo_limited"))
+        conn.execute(text("CREATE ROLE hpo_limited LOGIN CONNECTION LIMIT 1"))
+        conn.execute(text("CREATE DATABASE hpo_limited OWNER hpo_limited"))
+    engine.dispose()
+    limited = postgres_url.replace("postgres@", "hpo_limited@", 1).rsplit("/", 1)[0] + "/hpo_limited"
+    path = make_study(name="limited", storage=limited)
+    result = hpo("launch", str(path), cwd=path.parent, env={"HPO_DB_PATIENCE": "3"})
+    assert result.returncode == 2, result.stderr
+    assert "too many connections" in result.stderr and "run fewer workers or raise max_connections" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "retrying" in result.stderr  # it backed off before giving up
+
+
 def test_hung_trial_is_ended_by_trial_timeout(tmp_path):
     study = sleepy_study(tmp_path, f"sqlite:///{tmp_path / 'hpo.db'}", n_trials=2, trial_timeout=2)
     assert finish([start(study, 0, 0.2, "hang")]) == [0]
