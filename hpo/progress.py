@@ -1,23 +1,62 @@
-"""Progress lines for long studies: one line per event, readable in a terminal and in a log file."""
+"""Progress of a running study, in three voices.
+
+- ``LineProgress``: one line per event, for logs, CI and anything that is not a terminal.
+- ``hpo.live.LiveProgress``: a panel redrawn in place, for a person at a terminal.
+- ``QuietProgress``: nothing; ``hpo launch --quiet`` prints errors and the final summary only.
+
+``choose`` picks one. All three take the runner's callbacks and are context
+managers, so ``hpo launch`` treats them alike.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import TextIO
 
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 from hpo.fmt import duration, format_params
 from hpo.runner import TrialEvent
+from hpo.spec import StudySpec
 
 
-class LineProgress:
-    """Prints trial starts and ends with study totals, best so far, elapsed time and an estimate."""
+def outcome(trial: FrozenTrial, metric: str, reason: str | None = None) -> str:
+    """How a trial ended, in a few words: its value, where it was pruned, or why it failed."""
+    if trial.state == TrialState.COMPLETE and trial.value is not None:
+        return f"complete, {metric} {trial.value:.4f}"
+    if trial.state == TrialState.PRUNED:
+        last = trial.intermediate_values.get(trial.last_step) if trial.last_step is not None else None
+        return f"pruned at {trial.last_step} examples" + (f" ({metric} {last:.4f})" if last is not None else "")
+    return f"{trial.state.name.lower()}: {reason or trial.user_attrs.get('fail_reason', '?')}"
 
-    def __init__(self, metric: str, stream: TextIO = sys.stdout):
+
+class _Quiet:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def trial_started(self, worker: str, trial: optuna.Trial) -> None:
+        return None
+
+    def trial_ended(self, event: TrialEvent) -> None:
+        return None
+
+
+class QuietProgress(_Quiet):
+    """Says nothing while the study runs."""
+
+
+class LineProgress(_Quiet):
+    """One line per trial start and end, with study totals, best so far, elapsed time and an estimate."""
+
+    def __init__(self, metric: str, stream: TextIO | None = None):
         self.metric = metric
-        self.stream = stream
+        self.stream = stream or sys.stdout
         self.started = time.monotonic()
         self.finished_here = 0
 
@@ -29,22 +68,33 @@ class LineProgress:
 
     def trial_ended(self, event: TrialEvent) -> None:
         trial, counts = event.trial, event.counts
-        state = trial.state.name.lower()
-        if trial.value is not None and trial.state.name == "COMPLETE":
-            outcome = f"{state}, {self.metric} {trial.value:.4f}"
-        elif trial.state.name == "PRUNED":
-            last = trial.intermediate_values.get(trial.last_step) if trial.last_step is not None else None
-            outcome = f"pruned at {trial.last_step} examples" + (f" ({self.metric} {last:.4f})" if last is not None else "")
-        else:
-            outcome = f"{state}: {event.reason or trial.user_attrs.get('fail_reason', '?')}"
         best = f"best {event.best.value:.4f} (#{event.best.number})" if event.best else "no best yet"
         self.finished_here += 1
         elapsed = time.monotonic() - self.started
         left = max(event.n_trials - counts.finished, 0)
         eta = f", ~{duration(elapsed / self.finished_here * left)} left" if left and self.finished_here else ""
         self._print(
-            f"[{event.worker}] trial {trial.number} {outcome} | {best} | "
+            f"[{event.worker}] trial {trial.number} {outcome(trial, self.metric, event.reason)} | {best} | "
             f"{counts.finished}/{event.n_trials} finished ({counts.complete} complete, {counts.pruned} pruned, "
-            f"{counts.failed} failed, {counts.running} running) | {duration(elapsed)} elapsed{eta}\n"
-            f"    {format_params(trial.params)}"
+            f"{counts.failed} failed, {counts.running} running) | {duration(elapsed)} elapsed{eta} | "
+            f"{format_params(trial.params)}"
         )
+
+
+def is_terminal(stream: TextIO) -> bool:
+    """A person is watching: a TTY that can redraw (not TERM=dumb, as in Emacs shells)."""
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty()) and os.environ.get("TERM", "") != "dumb"
+
+
+def choose(spec: StudySpec, quiet: bool = False, live: bool = True, stream: TextIO | None = None):
+    """Quiet if asked, a live panel in a terminal (unless ``live`` is off: a worker process of
+    several shares its parent's terminal), lines otherwise."""
+    stream = stream or sys.stdout
+    if quiet:
+        return QuietProgress()
+    if live and is_terminal(stream):
+        from hpo.live import LiveProgress
+
+        return LiveProgress(spec)
+    return LineProgress(spec.metric, stream)
