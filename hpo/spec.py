@@ -137,6 +137,10 @@ class DataSpec(Strict):
     # Batch examples of similar length together (less padding, much faster on
     # varied texts); batches are still drawn in a new random order every epoch.
     group_by_length: bool = True
+    # Hygiene: exact repeats of a row within a split, and validation (and, at
+    # retrain, test) rows whose text also occurs in train. Counted always.
+    drop_duplicates: bool = True
+    drop_leaking: bool = True
 
     @field_validator("text_column")
     @classmethod
@@ -256,6 +260,9 @@ class StudySpec(Strict):
     task: Literal["text-classification"] = "text-classification"
     data: DataSpec
     metric: Literal[tuple(METRICS)] = "accuracy"  # type: ignore[valid-type]
+    # Loss weights per class: "balanced" (rows / (classes x class rows), from
+    # train) or a weight per label name; absent classes weigh 1.
+    class_weights: Literal["balanced"] | dict[str, Annotated[float, Field(gt=0)]] | None = None
     sampler: SamplerSpec = SamplerSpec()
     pruner: PrunerSpec = PrunerSpec()
     evaluation: EvaluationSpec = EvaluationSpec()

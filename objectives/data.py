@@ -15,14 +15,17 @@ import numpy as np
 
 from hpo.spec import DataSpec
 from objectives.errors import ObjectiveError
+from objectives.hygiene import DataReport, SplitReport, duplicate_rows, label_counts, leaking_rows, numeric_summary
 
 
 @dataclass
 class Splits:
-    train: Any  # datasets.Dataset with the text column(s) and an integer "labels" column
+    train: Any  # datasets.Dataset with the text column(s) and a "labels" column (ids, or floats for regression)
     validation: Any
-    label_names: list[str]  # id -> label name; stored with the study
-    dropped: dict[str, int]  # rows dropped per split for a missing text or label
+    label_names: list[str]  # id -> label name; stored with the study (empty for regression)
+    dropped: dict[str, int]  # rows dropped per split, for any reason
+    report: DataReport  # what was read, dropped and why, label distributions, leaks
+    train_keys: set  # row keys of train, to find test rows that leak (read only by retrain)
 
 
 def _demo_frame(name: str):
@@ -66,21 +69,47 @@ def _check_columns(dataset, data: DataSpec, split: str) -> None:
             )
 
 
-def _clean(dataset, data: DataSpec):
-    """Drop rows without a text or a label; a reviewer would not keep them either."""
-    columns = [*data.text_columns, data.label_column]
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or (isinstance(value, str) and not value.strip())
 
-    def usable(row: dict[str, Any]) -> bool:
-        for column in columns:
-            value = row[column]
-            if value is None or (isinstance(value, float) and np.isnan(value)):
-                return False
-            if column != data.label_column and isinstance(value, str) and not value.strip():
-                return False
-        return True
 
-    kept = dataset.filter(usable, desc=None)
-    return kept, len(dataset) - len(kept)
+def _clean(dataset, data: DataSpec, split: SplitReport, key_columns: tuple[str, ...]):
+    """Drop rows without a text or a label (a reviewer would not keep them either), counting each reason."""
+    inputs = [dataset[c] for c in key_columns]
+    labels = dataset[data.label_column]
+    keep = []
+    for index, label in enumerate(labels):
+        if any(_missing(column[index]) for column in inputs):
+            split.empty_text += 1
+        elif _missing(label):
+            split.missing_label += 1
+        else:
+            keep.append(index)
+    return dataset if len(keep) == len(dataset) else dataset.select(keep)
+
+
+def row_keys(dataset, key_columns: tuple[str, ...]) -> list:
+    """What makes two rows the same example: the text, or the pair of texts."""
+    columns = [dataset[c] for c in key_columns]
+    return list(columns[0]) if len(columns) == 1 else list(zip(*columns))
+
+
+def _deduplicate(dataset, data: DataSpec, split: SplitReport, key_columns: tuple[str, ...]):
+    repeats, split.conflicting = duplicate_rows(row_keys(dataset, key_columns), [str(v) for v in dataset[data.label_column]])
+    split.duplicates = len(repeats)
+    if not repeats or not data.drop_duplicates:
+        return dataset
+    dropped = set(repeats)
+    return dataset.select([i for i in range(len(dataset)) if i not in dropped])
+
+
+def _drop_leaks(dataset, train_keys: set, drop: bool, split: SplitReport, key_columns: tuple[str, ...]):
+    leaks = leaking_rows(row_keys(dataset, key_columns), train_keys)
+    split.leaking = len(leaks)
+    if not leaks or not drop:
+        return dataset
+    dropped = set(leaks)
+    return dataset.select([i for i in range(len(dataset)) if i not in dropped])
 
 
 def _label_names(train, data: DataSpec) -> list[str]:
@@ -92,7 +121,7 @@ def _label_names(train, data: DataSpec) -> list[str]:
     return [str(v) for v in values]
 
 
-def _encode_labels(dataset, data: DataSpec, label_names: list[str], split: str):
+def _encode_labels(dataset, data: DataSpec, label_names: list[str], split: str, key_columns: tuple[str, ...]):
     feature = dataset.features.get(data.label_column)
     if getattr(feature, "names", None):
         ids = list(dataset[data.label_column])
@@ -105,8 +134,23 @@ def _encode_labels(dataset, data: DataSpec, label_names: list[str], split: str):
                 f"data.{split}: labels {unseen[:5]} do not occur in train (train labels: {label_names})"
             )
         ids = [index[v] for v in raw]
-    keep = [c for c in dataset.column_names if c in data.text_columns]
+    keep = [c for c in dataset.column_names if c in key_columns]
     return dataset.select_columns(keep).add_column("labels", ids)
+
+
+def _encode_numbers(dataset, data: DataSpec, split: str, key_columns: tuple[str, ...]):
+    """A regression target: every label must read as a number."""
+    values = []
+    for raw in dataset[data.label_column]:
+        try:
+            values.append(float(raw))
+        except (TypeError, ValueError):
+            raise ObjectiveError(
+                f"data.label_column: {data.label_column!r} must hold numbers for a regression task; "
+                f"the {split} split has {raw!r}"
+            ) from None
+    keep = [c for c in dataset.column_names if c in key_columns]
+    return dataset.select_columns(keep).add_column("labels", values)
 
 
 def _stratified_carve(labels: list[int], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -129,37 +173,131 @@ def _subsample(dataset, limit: int | None, seed: int):
     return dataset.select(chosen)
 
 
-def _load_split(data: DataSpec, split: str, where: str):
+def _load_split(data: DataSpec, split: str, where: str, report: DataReport, key_columns: tuple[str, ...]):
+    """Read, check, drop unusable rows and (optionally) exact repeats, counting everything."""
     dataset = _read(data, split, where)
     _check_columns(dataset, data, split)
-    dataset, dropped = _clean(dataset, data)
+    counts = report.split(split)
+    counts.read = len(dataset)
+    dataset = _clean(dataset, data, counts, key_columns)
+    dataset = _deduplicate(dataset, data, counts, key_columns)
     if len(dataset) == 0:
         raise ObjectiveError(f"data.{split}: the split is empty after dropping rows without text or label")
-    return dataset, dropped
+    return dataset
 
 
-def load_splits(data: DataSpec, seed: int) -> Splits:
-    """Train and validation, labels encoded as ids. Never touches the test split."""
-    train, dropped_train = _load_split(data, "train", data.train)
-    label_names = _label_names(train, data)
-    if len(label_names) < 2:
-        raise ObjectiveError(f"data.label_column: {data.label_column!r} has a single value in train; nothing to learn")
-    train = _encode_labels(train, data, label_names, "train")
-    dropped = {"train": dropped_train}
-    if data.validation:
-        validation, dropped["validation"] = _load_split(data, "validation", data.validation)
-        validation = _encode_labels(validation, data, label_names, "validation")
+def _random_carve(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(n)
+    cut = max(1, round(n * fraction))
+    return np.sort(order[cut:]), np.sort(order[:cut])
+
+
+def load_splits(data: DataSpec, seed: int, *, numeric_labels: bool = False, key_columns: tuple[str, ...] | None = None) -> Splits:
+    """Train and validation, cleaned and checked for leaks, labels encoded. Never touches the test split.
+
+    ``numeric_labels`` reads the label as a regression target instead of a
+    class; ``key_columns`` are the columns that identify an example (the text
+    columns unless a task says otherwise).
+    """
+    keys = key_columns or data.text_columns
+    report = DataReport(drop_duplicates=data.drop_duplicates, drop_leaking=data.drop_leaking)
+    train = _load_split(data, "train", data.train, report, keys)
+    if numeric_labels:
+        label_names: list[str] = []
+        train = _encode_numbers(train, data, "train", keys)
     else:
-        train_idx, validation_idx = _stratified_carve(train["labels"], data.validation_fraction, seed)
-        train, validation = train.select(train_idx), train.select(validation_idx)
+        label_names = _label_names(train, data)
+        if len(label_names) < 2:
+            raise ObjectiveError(f"data.label_column: {data.label_column!r} has a single value in train; nothing to learn")
+        train = _encode_labels(train, data, label_names, "train", keys)
+    if data.validation:
+        validation = _load_split(data, "validation", data.validation, report, keys)
+        if numeric_labels:
+            validation = _encode_numbers(validation, data, "validation", keys)
+        else:
+            validation = _encode_labels(validation, data, label_names, "validation", keys)
+    else:
+        carve = _random_carve(len(train), data.validation_fraction, seed) if numeric_labels else _stratified_carve(
+            train["labels"], data.validation_fraction, seed
+        )
+        train, validation = train.select(carve[0]), train.select(carve[1])
+        report.carved = True
+        report.split("validation").read = len(validation)
+    train_keys = set(row_keys(train, keys))
+    validation = _drop_leaks(validation, train_keys, data.drop_leaking, report.split("validation"), keys)
+    if len(validation) == 0:
+        raise ObjectiveError("data.validation: every validation row also occurs in train (data.drop_leaking)")
     train = _subsample(train, data.max_train_samples, seed)
     validation = _subsample(validation, data.max_validation_samples, seed + 1)
-    return Splits(train=train, validation=validation, label_names=label_names, dropped=dropped)
+    for name, dataset in (("train", train), ("validation", validation)):
+        counts = report.split(name)
+        counts.used = len(dataset)
+        labels = dataset["labels"]
+        counts.labels = numeric_summary(labels) if numeric_labels else label_counts(labels, label_names)
+    dropped = {name: s.read - s.used for name, s in report.splits.items() if not (name == "validation" and report.carved)}
+    return Splits(train=train, validation=validation, label_names=label_names, dropped=dropped, report=report, train_keys=train_keys)
 
 
-def load_test(data: DataSpec, label_names: list[str]):
-    """The held-out split, for the one final measurement after the search."""
+def _test_keys_only(data: DataSpec, key_columns: tuple[str, ...]):
+    dataset = _read(data, "test", data.test or "test")
+    missing = [c for c in key_columns if c not in dataset.column_names]
+    if missing:
+        raise ObjectiveError(f"column {missing[0]!r} not in the test split")
+    return row_keys(dataset, key_columns)
+
+
+def test_leakage(data: DataSpec, train_keys: set, key_columns: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """How many test rows also occur in train, reading only the test inputs, never its labels.
+
+    Used by ``hpo validate`` (not by the search): knowing that a test text was
+    seen in training tells the search nothing about which configuration wins.
+    """
+    if data.test is None and data.source != "demo":
+        return {"checked": False, "why": "no test split named"}
+    try:
+        keys = _test_keys_only(data, key_columns or data.text_columns)
+    except ObjectiveError as exc:
+        return {"checked": False, "why": str(exc)}
+    return {"checked": True, "read": len(keys), "leaking": len(leaking_rows(keys, train_keys))}
+
+
+def load_test(
+    data: DataSpec,
+    label_names: list[str],
+    *,
+    numeric_labels: bool = False,
+    train_keys: set | None = None,
+    key_columns: tuple[str, ...] | None = None,
+):
+    """The held-out split, for the one final measurement after the search.
+
+    With ``train_keys``, rows that also occur in train are counted and, with
+    ``data.drop_leaking``, dropped: a test score on seen texts measures memory.
+    ``load_test_report`` also returns the counts.
+    """
+    return load_test_report(data, label_names, numeric_labels=numeric_labels, train_keys=train_keys, key_columns=key_columns)[0]
+
+
+def load_test_report(
+    data: DataSpec,
+    label_names: list[str],
+    *,
+    numeric_labels: bool = False,
+    train_keys: set | None = None,
+    key_columns: tuple[str, ...] | None = None,
+):
+    """``load_test`` plus the test split's hygiene counts."""
     if data.test is None and data.source != "demo":
         raise ObjectiveError("data.test: no test split is named; add one to retrain and test the winner")
-    test, _ = _load_split(data, "test", data.test or "test")
-    return _encode_labels(test, data, label_names, "test")
+    keys = key_columns or data.text_columns
+    report = DataReport(drop_duplicates=data.drop_duplicates, drop_leaking=data.drop_leaking)
+    test = _load_split(data, "test", data.test or "test", report, keys)
+    counts = report.split("test")
+    if train_keys is not None:
+        test = _drop_leaks(test, train_keys, data.drop_leaking, counts, keys)
+        if len(test) == 0:
+            raise ObjectiveError("data.test: every test row also occurs in train (data.drop_leaking)")
+    test = _encode_numbers(test, data, "test", keys) if numeric_labels else _encode_labels(test, data, label_names, "test", keys)
+    counts.used = len(test)
+    counts.labels = numeric_summary(test["labels"]) if numeric_labels else label_counts(test["labels"], label_names)
+    return test, counts

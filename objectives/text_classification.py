@@ -21,7 +21,7 @@ import torch
 from hpo.params import TrainingParams
 from hpo.spec import StudySpec
 from objectives import freezing
-from objectives.data import load_splits, load_test
+from objectives.data import load_splits, load_test, test_leakage
 from objectives.errors import ObjectiveError
 from objectives.model import load_pretrained, model_depth
 from objectives.tokens import tokenize
@@ -52,7 +52,9 @@ def check(spec: StudySpec) -> dict[str, Any]:
     if spec.data.source == "hub":
         return {"data": "hub dataset: checked at launch"}
     splits = load_splits(spec.data, spec.seed)
-    return {"train": len(splits.train), "validation": len(splits.validation), "labels": splits.label_names}
+    report = splits.report.as_dict()
+    report["test"] = test_leakage(spec.data, splits.train_keys)
+    return {"train": len(splits.train), "validation": len(splits.validation), "labels": splits.label_names, "data_report": report}
 
 
 class TextClassification:
@@ -64,6 +66,10 @@ class TextClassification:
         splits = load_splits(spec.data, spec.seed)
         self.label_names = splits.label_names
         self.dropped = splits.dropped
+        self.data_report = splits.report.as_dict()
+        self.train_keys = splits.train_keys  # only to drop test rows seen in training, at retrain
+        for warning in self.data_report["warnings"]:
+            log.warning("data: %s", warning)
         self.pretrained = load_pretrained(spec.model, splits.label_names)
         self.depth = freezing.depth(self.pretrained.model)
         check_freeze_depth(spec, self.depth)
@@ -84,6 +90,7 @@ class TextClassification:
             "train_examples": len(self.train),
             "validation_examples": len(self.validation),
             "rows_dropped": self.dropped,
+            "data_report": self.data_report,
             "model_depth": self.depth,
             "model_parameters": total,
             "device": str(self.runtime.device),
@@ -115,7 +122,7 @@ class TextClassification:
 
     def test_batcher(self) -> Batcher:
         """The held-out split; only retrain calls this, after the search."""
-        return self._batcher(load_test(self.spec.data, self.label_names))
+        return self._batcher(load_test(self.spec.data, self.label_names, train_keys=self.train_keys))
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = self.spec.sample(trial)

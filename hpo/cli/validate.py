@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from hpo import storage
+from hpo.datareport import format_report
 from hpo.cli import common, preflight
 from hpo.spec import Choices, Range, StudySpec
 
@@ -53,9 +54,14 @@ def run(args: argparse.Namespace) -> int:
     storage.parse_url(spec.storage)
     if not args.offline:
         preflight.check_storage(spec)
-    facts = preflight.check_objective(spec)
+    facts = dict(preflight.check_objective(spec))
+    report = facts.pop("data_report", None)
     print(summary(spec))
     print()
     print("checked   " + common.format_params(facts))
+    if report:
+        print()
+        print(format_report(report))
+        print()
     print(f"{args.study}: valid")
     return 0
