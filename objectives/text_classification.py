@@ -20,7 +20,7 @@ import torch
 
 from hpo.params import TrainingParams
 from hpo.spec import StudySpec
-from objectives import freezing
+from objectives import freezing, retraining
 from objectives.data import load_splits, load_test, test_leakage
 from objectives.errors import ObjectiveError
 from objectives.model import load_pretrained, model_depth
@@ -123,6 +123,21 @@ class TextClassification:
     def test_batcher(self) -> Batcher:
         """The held-out split; only retrain calls this, after the search."""
         return self._batcher(load_test(self.spec.data, self.label_names, train_keys=self.train_keys))
+
+    # --- retrain: called by hpo.retrain once the search is over -------------
+
+    def load_test(self) -> int:
+        """Read the held-out split (its first reading); returns its size."""
+        self.test = self.test_batcher()
+        return len(self.test)
+
+    def validation_run(self, params: TrainingParams, seed: int):
+        """The configuration with another seed, scored on validation: its best point."""
+        return retraining.validation_run(self, params, seed)
+
+    def retrain(self, params: TrainingParams, seed: int, *, on: str, epochs: float, directory):
+        """Retrain one seed, test it once, save it to ``directory``."""
+        return retraining.retrain(self, params, seed, on=on, epochs=epochs, directory=directory)
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = self.spec.sample(trial)

@@ -79,6 +79,16 @@ class Batcher:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @classmethod
+    def concat(cls, first: "Batcher", second: "Batcher") -> "Batcher":
+        """Two tokenized splits as one training set (retraining on train + validation)."""
+        joined = cls.__new__(cls)
+        joined.inputs = {c: list(first.inputs[c]) + list(second.inputs[c]) for c in first.inputs}
+        joined.labels = np.concatenate([first.labels, second.labels])
+        joined.pad = dict(first.pad)
+        joined.lengths = np.concatenate([first.lengths, second.lengths])
+        return joined
+
     def batch(self, indices: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
         width = int(self.lengths[indices].max())
         out = {}

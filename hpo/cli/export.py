@@ -1,64 +1,44 @@
-"""``hpo export STUDY -o best.yaml``: the winner as a complete, re-runnable study file."""
+"""``hpo export STUDY -o DIR``: everything needed to use or reproduce the winner.
+
+``-o exports/demo`` writes a folder (best.yaml, training_args.json,
+metrics.json, README.md and, once retrained, model/), swapped in whole;
+``-o best.yaml`` (a path ending .yaml or .yml) writes the study file alone.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
-from hpo import storage
-from hpo.cli.status import load_existing
-from hpo.errors import UserError
+from hpo import atomic, export
 from hpo.cli import common
-from hpo.spec import StudySpec
-from hpo.yamlio import dump_yaml
+from hpo.cli.status import load_existing
 
 
 def add_parser(sub) -> None:
-    parser = sub.add_parser("export", help="write the best configuration as a re-runnable study file")
+    parser = sub.add_parser("export", help="write the winner: study file, Trainer arguments, metrics, model card and model")
     common.add_study_argument(parser)
-    parser.add_argument("-o", "--output", required=True, help="where to write (best.yaml)")
+    parser.add_argument(
+        "-o", "--output", required=True,
+        help="a folder for the whole export (exports/demo), or a file ending .yaml for the study file alone (best.yaml)",
+    )
     parser.set_defaults(handler=run)
-
-
-def best_spec(spec: StudySpec) -> tuple[StudySpec, int, float]:
-    """The study with the winner's parameters fixed, as its own one-trial study."""
-    study = load_existing(spec)
-    try:
-        best = study.best_trial
-    except ValueError:
-        raise UserError(f"study {spec.name!r} has no completed trial yet; nothing to export") from None
-    winner = spec.with_fixed(best.params).model_copy(
-        update={"name": f"{spec.name}-best", "n_trials": 1, "timeout": None}
-    )
-    return winner, best.number, best.value
-
-
-def best_yaml(spec: StudySpec) -> str:
-    winner, number, value = best_spec(spec)
-    document = winner.model_dump(mode="json")
-    document["pruner"] = {"type": "none"}
-    if storage.mask_url(spec.storage) != spec.storage:
-        document.pop("storage")  # never write a password to disk; HPO_STORAGE supplies it
-    header = (
-        f"# Best trial #{number} of study {spec.name!r}: {spec.metric} = {value:.4f} on validation.\n"
-        f"# Re-run it with: hpo launch <this file>\n"
-    )
-    return header + dump_yaml(document)
-
-
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(staging, path)
 
 
 def run(args: argparse.Namespace) -> int:
     spec = common.load(args)
     output = Path(args.output)
-    write_atomically(output, best_yaml(spec))
-    print(f"wrote {output}")
+    study = load_existing(spec)
+    winner = export.find_winner(study, spec)
+    if output.suffix.lower() in (".yaml", ".yml"):
+        atomic.write_text(output, export.best_yaml(spec, winner))
+        print(f"wrote {output}")
+        return 0
+    model = export.export_folder(output, spec, study, winner)
+    names = ", ".join(export.ENTRIES[:-1])
+    if model is None:
+        print(f"wrote {output}: {names}")
+        print(f"no model exists yet: run `hpo retrain {args.study}` to retrain and test the winner, then export again")
+    else:
+        print(f"wrote {output}: {names}, model/ (trial #{winner.trial.number}, seed {winner.record['model']['seed']})")
     return 0

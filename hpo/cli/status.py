@@ -8,7 +8,7 @@ import datetime as dt
 import optuna
 from optuna.trial import TrialState
 
-from hpo import storage
+from hpo import retrain, storage
 from hpo.cli import common
 from hpo.errors import StorageError
 from hpo.runner import Counts
@@ -58,6 +58,9 @@ def study_report(spec: StudySpec, top: int = 5) -> str:
             for t in ranked[:top]
         ]
         lines += ["", common.table(["#", spec.metric, *spec.searched, "seconds"], rows)]
+    retrained = retrain.status_lines(retrain.recorded(study))
+    if retrained:
+        lines += [""] + retrained
     running = [t for t in trials if t.state == TrialState.RUNNING]
     if running:
         now = dt.datetime.now()

