@@ -75,6 +75,10 @@ class TextClassification:
         check_freeze_depth(spec, self.depth)
         self.train = self._batcher(splits.train)
         self.validation = self._batcher(splits.validation)
+        # What lives as long as the worker (libraries, data, pretrained weights)
+        # leaves the collector's reach: the gc.collect after each trial then
+        # scans only what the trial made (0.6 s per trial -> under 1 ms).
+        gc.freeze()
 
     def _batcher(self, dataset) -> Batcher:
         tokenizer = self.pretrained.tokenizer

@@ -89,15 +89,28 @@ class Batcher:
         joined.lengths = np.concatenate([first.lengths, second.lengths])
         return joined
 
+    def _padded(self) -> dict[str, np.ndarray]:
+        """Every row padded once to the longest, so that a batch is one slice.
+
+        Building each batch row by row from Python lists cost about 5% of a
+        CPU training step (bench/throughput.py); int32 halves the memory.
+        """
+        if getattr(self, "_matrices", None) is None:
+            width = int(self.lengths.max()) if len(self.lengths) else 0
+            self._matrices = {}
+            for column, rows in self.inputs.items():
+                matrix = np.full((len(rows), width), self.pad[column], dtype=np.int32)
+                for i, row in enumerate(rows):
+                    matrix[i, : len(row)] = row
+                self._matrices[column] = matrix
+        return self._matrices
+
     def batch(self, indices: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
         width = int(self.lengths[indices].max())
-        out = {}
-        for column, rows in self.inputs.items():
-            tensor = torch.full((len(indices), width), self.pad[column], dtype=torch.long)
-            for i, index in enumerate(indices):
-                row = rows[index]
-                tensor[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
-            out[column] = tensor.to(device, non_blocking=True)
+        out = {
+            column: torch.from_numpy(matrix[indices, :width]).to(device, torch.long, non_blocking=True)
+            for column, matrix in self._padded().items()
+        }
         out["labels"] = torch.as_tensor(self.labels[indices], dtype=torch.long).to(device, non_blocking=True)
         return out
 
