@@ -107,3 +107,24 @@ for _name, _method in list(vars(RDBStorage).items()):
         setattr(ResilientRDBStorage, _name, _retrying(_name, _method))
 # fail_stale_trials calls this private method; it reads only, so retrying is safe.
 ResilientRDBStorage._get_stale_trial_ids = _retrying("_get_stale_trial_ids", RDBStorage._get_stale_trial_ids)
+
+
+def _tolerating_finished(name: str, method):
+    """Writes a trial makes about itself while running, made harmless once the trial was
+    finished by someone else (another worker judged it dead during a long pause). The
+    objective runs on, and the runner keeps its result in the study's ``lost_results``
+    instead of letting the first ``report`` after the pause throw the work away."""
+
+    @functools.wraps(method)
+    def wrapper(self, trial_id, *args, **kwargs):
+        try:
+            return method(self, trial_id, *args, **kwargs)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            log.warning("trial id %s was finished by another worker; its result will be kept in lost_results", trial_id)
+            return None
+
+    return wrapper
+
+
+for _name in ("set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr"):
+    setattr(ResilientRDBStorage, _name, _tolerating_finished(_name, getattr(ResilientRDBStorage, _name)))

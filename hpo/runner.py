@@ -34,6 +34,7 @@ from hpo.resilient import call_with_retries
 from hpo.watchdog import time_limit
 from hpo.pruners import build_pruner
 from hpo.samplers import build_sampler
+from hpo.signals import Preempted, SignalGuard
 from hpo.spec import StudySpec
 
 log = logging.getLogger("hpo.runner")
@@ -43,10 +44,6 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 class Objective(Protocol):
     def __call__(self, trial: optuna.Trial) -> float: ...
-
-
-class Preempted(BaseException):
-    """Raised in the worker's main thread when the scheduler asks it to stop (SIGTERM)."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +93,8 @@ class WorkerOptions:
     on_trial_end: Callable[[TrialEvent], None] | None = None
     on_study_open: Callable[[optuna.Study], None] | None = None  # once the study exists (the launch's dashboard note)
     stop: threading.Event = field(default_factory=threading.Event)
+    # Take over SIGINT and SIGTERM while running (worker processes); see hpo.signals.
+    handle_signals: bool = False
 
 
 class TooManyFailures(RuntimeError):
@@ -205,7 +204,7 @@ def _reason(exc: BaseException) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
-def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, spec: StudySpec):
+def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, spec: StudySpec, guard: SignalGuard):
     """Run the objective; return (state, value, failure reason)."""
     store = study._storage
 
@@ -215,7 +214,7 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, spe
 
     with Heartbeat(store, trial._trial_id, spec.heartbeat.interval):
         try:
-            with time_limit(spec.trial_timeout, hung):
+            with guard.objective_running(), time_limit(spec.trial_timeout, hung):
                 value = float(objective(trial))
         except optuna.TrialPruned:
             return TrialState.PRUNED, None, None
@@ -259,7 +258,17 @@ def run_worker(
     spec: StudySpec, objective: Objective, options: WorkerOptions, study_attrs: dict[str, Any] | None = None
 ) -> Counts:
     """Run trials until the study's global budget is spent, the timeout passes or we are stopped."""
-    study = open_study(spec, options, study_attrs or {})
+    guard = SignalGuard(options.stop)
+    with guard.installed(options.handle_signals):
+        counts = _work(spec, objective, options, study_attrs or {}, guard)
+        guard.raise_pending()  # a signal that came between trials ends the worker now
+    return counts
+
+
+def _work(spec: StudySpec, objective: Objective, options: WorkerOptions, study_attrs: dict[str, Any], guard: SignalGuard) -> Counts:
+    study = call_with_retries(
+        lambda: open_study(spec, options, study_attrs), "opening the study", mask=lambda t: storage_lib.mask_text(t, spec.storage)
+    )
     if options.on_study_open:
         options.on_study_open(study)
     start = time.monotonic()
@@ -277,7 +286,7 @@ def run_worker(
             continue
         if options.on_trial_start:
             options.on_trial_start(options.name, trial)
-        state, value, reason = _run_one(study, trial, objective, spec)
+        state, value, reason = _run_one(study, trial, objective, spec, guard)
         frozen = _record(study, trial, state, value, reason, spec)
         if reason in ("preempted", "interrupted"):
             if reason == "preempted":

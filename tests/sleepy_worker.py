@@ -10,7 +10,6 @@ lets each test choose how long a trial lasts. Usage:
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import time
 
@@ -26,6 +25,7 @@ def main() -> int:
 
     def objective(trial):
         params = spec.sample(trial)
+        print(f"started trial {trial.number}", flush=True)
         steps = 5
         for step in range(1, steps + 1):
             time.sleep(seconds / steps)
@@ -35,14 +35,12 @@ def main() -> int:
         print(f"finished trial {trial.number}", flush=True)
         return params.learning_rate
 
-    def preempt(signum, frame):
-        raise Preempted()
-
-    signal.signal(signal.SIGTERM, preempt)
     try:
-        run_worker(spec, objective, WorkerOptions(name=f"w{index}", index=index, poll_interval=0.2))
+        run_worker(spec, objective, WorkerOptions(name=f"w{index}", index=index, poll_interval=0.2, handle_signals=True))
     except Preempted:
         return 143
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

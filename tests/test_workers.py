@@ -59,6 +59,14 @@ def start(study: Path, index: int, seconds: float, *extra: str) -> subprocess.Po
     )
 
 
+def wait_for_trial(process: subprocess.Popen) -> None:
+    """Block until the worker is inside a trial (its start-up time varies on a busy machine)."""
+    for line in process.stdout:
+        if line.startswith("started trial"):
+            return
+    raise AssertionError("the worker ended before starting a trial")
+
+
 def finish(processes: list[subprocess.Popen], timeout: float = 120) -> list[int]:
     codes = []
     for process in processes:
@@ -100,7 +108,7 @@ def test_parallel_workers_spend_the_budget_exactly(tmp_path, storage):
 def test_killed_worker_trial_is_retried_and_budget_stays_exact(tmp_path, postgres_url):
     study = sleepy_study(tmp_path, postgres_url, n_trials=4, heartbeat={"interval": 1, "grace_period": 3})
     victim = start(study, 0, 4.0)
-    time.sleep(2.5)  # the victim is inside its first trial
+    wait_for_trial(victim)
     survivor = start(study, 1, 0.5)
     victim.send_signal(signal.SIGKILL)
     assert finish([survivor]) == [0]
@@ -117,7 +125,9 @@ def test_killed_worker_trial_is_retried_and_budget_stays_exact(tmp_path, postgre
 def test_postgres_restart_mid_trial_loses_nothing(tmp_path, postgres_url, outage):
     study = sleepy_study(tmp_path, postgres_url, n_trials=4)
     workers = [start(study, i, 2.0) for i in range(2)]
-    time.sleep(3.0)  # both workers are mid-trial
+    for worker in workers:
+        wait_for_trial(worker)
+    time.sleep(0.5)  # both workers are mid-trial
     version = os.listdir("/etc/postgresql")[0]
     subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", "--mode=fast", version, "main", "stop"], check=True)
     time.sleep(outage)
@@ -229,3 +239,57 @@ def test_gpu_parsing_and_worker_environment():
     assert [(s.name, s.index, s.env["CUDA_VISIBLE_DEVICES"]) for s in doubled] == [("gpu3-0", 0, "3"), ("gpu3-1", 1, "3")]
     cpu = plan(None, 4, cpu_count=8)
     assert [s.env["OMP_NUM_THREADS"] for s in cpu] == ["2"] * 4 or "OMP_NUM_THREADS" in os.environ
+
+
+def test_workers_starting_together_on_a_fresh_postgres_database(tmp_path, postgres_url):
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("DROP DATABASE IF EXISTS hpo_fresh WITH (FORCE)"))
+        conn.execute(text("CREATE DATABASE hpo_fresh"))
+    admin.dispose()
+    fresh = postgres_url.rsplit("/", 1)[0] + "/hpo_fresh"
+    study = sleepy_study(tmp_path, fresh, n_trials=6)
+    workers = [start(study, i, 0.2) for i in range(6)]  # no schema, no study: all race to create them
+    codes = finish(workers)
+    assert codes == [0] * 6, "".join(w.stdout.read() for w in workers)
+    assert len(finished(trials(study))) == 6
+
+
+def test_a_result_finished_after_its_trial_was_declared_dead_is_kept(tmp_path):
+    """A worker frozen past the grace period (a long pause, a network partition) comes back
+    with a result for a trial another worker has already failed: the value is kept, not lost."""
+    study = sleepy_study(tmp_path, f"sqlite:///{tmp_path / 'hpo.db'}", n_trials=2, heartbeat={"interval": 1, "grace_period": 2})
+    frozen = start(study, 0, 3.0)
+    wait_for_trial(frozen)
+    time.sleep(1.0)
+    frozen.send_signal(signal.SIGSTOP)
+    other = start(study, 1, 0.2)
+    time.sleep(6.0)  # the other worker declares trial 0 dead and runs its retry
+    frozen.send_signal(signal.SIGCONT)
+    codes = finish([frozen, other])
+    assert codes == [0, 0]
+    spec = yaml.safe_load(study.read_text())
+    kept = optuna.load_study(study_name=spec["name"], storage=spec["storage"]).user_attrs["lost_results"]
+    assert "0" in kept and kept["0"]["value"] > 0
+    assert len(finished(trials(study))) == 2
+
+
+def test_ctrl_c_stops_every_worker_cleanly(make_study):
+    path = make_study(name="ctrlc", n_trials=4, search_space={
+        "learning_rate": 3.0e-3, "batch_size": 16, "epochs": 40, "freeze_depth": {"low": 0, "high": 1},
+    })
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "hpo", "launch", str(path), "--workers", "2"], cwd=path.parent,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    started = 0
+    for line in parent.stdout:
+        started += "started" in line
+        if started == 2:
+            break
+    parent.send_signal(signal.SIGINT)
+    assert parent.wait(timeout=60) == 130
+    states = [t.state for t in trials(path)]
+    assert states and TrialState.RUNNING not in states, states

@@ -82,13 +82,14 @@ def _run_one_worker(args: argparse.Namespace, spec) -> None:
             handler.setFormatter(logging.Formatter(f"%(asctime)s [{name}] %(message)s", "%H:%M:%S"))
     objective = objectives.build(spec)  # reads data, tokenizes, loads weights: fails before any trial
     progress = progress_lib.choose(spec, quiet=args.quiet, live=args.worker_index is None)
-    signal.signal(signal.SIGTERM, _raise_preempted)
+    signal.signal(signal.SIGTERM, _raise_preempted)  # until run_worker's own guard takes over
     options = WorkerOptions(
         name=name,
         index=args.worker_index or 0,
         on_study_open=lambda study: note.annotate(study, spec),
         on_trial_start=progress.trial_started,
         on_trial_end=progress.trial_ended,
+        handle_signals=True,
     )
     with progress:
         run_worker(spec, objective, options, study_attributes(spec, objective))
