@@ -19,6 +19,9 @@ def _cell(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+cell = _cell  # one value as the tables show it, for other modules that build tables
+
+
 def format_params(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={_cell(v)}" for k, v in params.items())
 

@@ -159,10 +159,12 @@ class TextClassification:
                 raise optuna.TrialPruned(f"{metric} {point.metrics[metric]:.4f} after {point.examples} examples")
 
         result = TrainResult()
+        notes = _ProgressNotes(trial)
         try:
-            result = self.train_model(model, params, self.spec.seed, validation=self.validation, on_eval=on_eval)
+            result = self.train_model(model, params, self.spec.seed, validation=self.validation, on_eval=on_eval, on_batch=notes.batch)
         finally:
             self._record(trial, result, trainable, total, time.perf_counter() - start)
+            notes.close(result.examples_seen)  # a pruned trial has no result: keep how far it got
             del model
             gc.collect()
             if self.runtime.device.type == "cuda":
@@ -190,6 +192,35 @@ class TextClassification:
             attrs["best_metrics"] = {k: round(v, 5) for k, v in result.best.metrics.items()}
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
+
+
+class _ProgressNotes:
+    """Leaves how far a running trial has got on the trial itself, for whoever watches the storage.
+
+    ``examples_total`` once and ``examples_seen`` at most every few seconds, so
+    a live view (``hpo launch`` in a terminal, the dashboard) shows a trial
+    moving between evaluation points without the objective knowing who watches.
+    """
+
+    def __init__(self, trial: optuna.Trial, every: float = 5.0):
+        self.trial = trial
+        self.every = every
+        self.seen = 0
+        self.total: int | None = None
+        self.last = time.monotonic()
+
+    def batch(self, seen: int, total: int) -> None:
+        self.seen = seen
+        if total != self.total:
+            self.total = total
+            self.trial.set_user_attr("examples_total", total)
+        if time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            self.trial.set_user_attr("examples_seen", seen)
+
+    def close(self, recorded: int) -> None:
+        if self.seen > recorded:
+            self.trial.set_user_attr("examples_seen", self.seen)
 
 
 def _peak_memory_mb(device: torch.device) -> float:

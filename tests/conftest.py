@@ -13,6 +13,7 @@ import random
 import subprocess
 import sys
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,25 @@ def postgres_url() -> str:
     finally:
         engine.dispose()
     return POSTGRES_URL
+
+
+@dataclass(frozen=True)
+class Launched:
+    path: Path  # the study file
+    storage: str
+    name: str
+    folder: Path
+    result: subprocess.CompletedProcess  # the launch's output (not a terminal: line progress)
+
+
+@pytest.fixture(scope="session")
+def launched_study(tmp_path_factory, tiny_model, tiny_data) -> Launched:
+    """One small study launched for real through the CLI, shared by the tests that only read it
+    (dashboard, browser, report, progress lines): launching is the slow part. Do not write to it."""
+    folder = tmp_path_factory.mktemp("launched")
+    storage = f"sqlite:///{folder / 'hpo.db'}"
+    path = folder / "watched.yaml"
+    path.write_text(yaml.safe_dump(study_dict(tiny_model, tiny_data, name="watched-study", n_trials=4, storage=storage), sort_keys=False))
+    result = hpo("launch", str(path), cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return Launched(path=path, storage=storage, name="watched-study", folder=folder, result=result)

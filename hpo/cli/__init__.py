@@ -14,10 +14,10 @@ import sys
 import warnings
 
 from hpo import __version__
-from hpo.cli import export, launch, retrain, status, validate
+from hpo.cli import dashboard, export, launch, report, retrain, status, validate
 from hpo.errors import UserError
 
-COMMANDS = (validate, launch, status, export, retrain)
+COMMANDS = (validate, launch, status, export, dashboard, report, retrain)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PREEMPTED = 0, 1, 2, 130, 143
 

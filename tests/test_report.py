@@ -1,0 +1,63 @@
+"""``hpo report``: index.html and PNG figures from a real study, readable without a browser or network."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+import optuna
+import pytest
+from PIL import Image
+
+from conftest import hpo
+
+pytestmark = pytest.mark.slow
+
+EXPECTED = ["history.png", "learning_curves.png", "parallel_coordinates.png", "freeze_depth_metric.png", "freeze_depth_seconds.png"]
+
+
+def _valid_png(path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        image.verify()  # the whole file, not just its header
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return image.size
+
+
+def test_report_writes_html_and_valid_images(launched_study, tmp_path):
+    # A copy of the launched study, given the test results retrain stores, so the shared one stays as launched.
+    shutil.copy(launched_study.folder / "hpo.db", tmp_path / "hpo.db")
+    storage = f"sqlite:///{tmp_path / 'hpo.db'}"
+    study = optuna.load_study(study_name=launched_study.name, storage=storage)
+    study.set_user_attr("retrain", {"seeds": [0, 1], "test": {"accuracy": 0.8125, "f1": 0.8}, "examples": 208})
+    out = tmp_path / "report"
+    result = hpo("report", str(launched_study.path), "--storage", storage, "-o", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    index = out / "index.html"
+    assert f"wrote {index}" in result.stdout
+    html = index.read_text()
+    best = study.best_trial
+
+    assert f"<h1>{launched_study.name}</h1>" in html
+    assert f"Trial <b>#{best.number}</b>" in html and f"{best.value:.4f}" in html
+    assert "Top trials" in html and html.count('<tr class="best">') == 1
+    assert "Test results" in html and "test.accuracy" in html and "0.8125" in html and "[0, 1]" in html
+    assert "hpo.db" not in html and "sqlite" not in html  # a shared report does not name the database
+    linked = re.findall(r'<img src="([^"]+)"', html)
+    for name in EXPECTED:
+        assert name in linked, (name, result.stdout)
+    for name in linked:
+        width, height = _valid_png(out / name)
+        assert width > 300 and height > 200
+    assert not re.search(r'(src|href)="https?://', html), "the report must not need the network"
+    if os.environ.get("HPO_DOCS_DIR"):
+        shutil.copy(out / "learning_curves.png", os.path.join(os.environ["HPO_DOCS_DIR"], "report-learning-curves.png"))
+
+
+def test_report_without_a_study_is_a_clear_error(make_study, tmp_path):
+    path = make_study(name="nothing-here")
+    result = hpo("report", str(path), "-o", str(tmp_path / "r"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("hpo: error: no study named 'nothing-here'")
+    assert not (tmp_path / "r").exists()
