@@ -8,7 +8,7 @@ or killed export leaves the previous one as it was.
 
 from __future__ import annotations
 
-import dataclasses
+import importlib.metadata
 import json
 import shutil
 from dataclasses import dataclass
@@ -72,14 +72,12 @@ def best_yaml(spec: StudySpec, winner: Winner) -> str:
     return header + dump_yaml(document)
 
 
-def _trainer_fields() -> tuple[set[str], str | None]:
-    """Field names of the installed ``TrainingArguments``: they changed between transformers 4 and 5."""
+def _transformers_major() -> int | None:
+    """The installed transformers' major version, read without importing it (that would import torch)."""
     try:
-        import transformers
-        from transformers import TrainingArguments
-    except ImportError:
-        return set(), None
-    return {f.name for f in dataclasses.fields(TrainingArguments)}, transformers.__version__
+        return int(importlib.metadata.version("transformers").split(".")[0])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return None
 
 
 def training_arguments(spec: StudySpec, winner: Winner) -> dict[str, Any]:
@@ -96,7 +94,7 @@ def training_arguments(spec: StudySpec, winner: Winner) -> dict[str, Any]:
         else:
             notes.append("the exported model kept each run's best validation point; with Trainer use "
                          "eval_strategy and load_best_model_at_end")
-    fields, version = _trainer_fields()
+    major = _transformers_major()
     arguments: dict[str, Any] = {
         "learning_rate": params.learning_rate,
         "per_device_train_batch_size": params.batch_size,
@@ -107,21 +105,19 @@ def training_arguments(spec: StudySpec, winner: Winner) -> dict[str, Any]:
         "max_grad_norm": params.max_grad_norm,
         "seed": seed,
     }
-    if "warmup_ratio" in fields or not fields:
-        arguments["warmup_ratio"] = params.warmup_ratio
-    else:
-        arguments["warmup_steps"] = params.warmup_ratio  # transformers 5: a float below 1 is a ratio
-    if "group_by_length" in fields or not fields:
-        arguments["group_by_length"] = spec.data.group_by_length
-    elif "train_sampling_strategy" in fields:
+    if major is not None and major >= 5:  # TrainingArguments renamed these in transformers 5
+        arguments["warmup_steps"] = params.warmup_ratio  # a float below 1 is a ratio of the steps
         arguments["train_sampling_strategy"] = "group_by_length" if spec.data.group_by_length else "random"
+    else:
+        arguments["warmup_ratio"] = params.warmup_ratio
+        arguments["group_by_length"] = spec.data.group_by_length
     notes.append("freeze_depth k: freeze the embeddings and the bottom k transformer layers (requires_grad=False)")
     return {
         "training_arguments": arguments,
         "freeze_depth": params.freeze_depth,
         "model": spec.model,
         "max_length": spec.data.max_length,
-        "transformers_version": version,
+        "for_transformers": f"{major}.x" if major else None,
         "notes": notes,
     }
 

@@ -37,6 +37,8 @@ class Retrained:
     folder: Path
     test_csv: Path
     launch: subprocess.CompletedProcess
+    early_export: subprocess.CompletedProcess  # before any retrain, into folder / "early"
+    broken_retrain: subprocess.CompletedProcess  # while the test file is still unusable
     retrain: subprocess.CompletedProcess
 
     def study(self) -> optuna.Study:
@@ -69,10 +71,12 @@ def retrained(tmp_path_factory, tiny_model, tiny_data) -> Retrained:
     path.write_text(yaml.safe_dump(study, sort_keys=False))
     launched = hpo("launch", str(path), cwd=folder)
     assert launched.returncode == 0, launched.stderr
+    early = hpo("export", str(path), "-o", str(folder / "early"), cwd=folder)
+    broken = hpo("retrain", str(path), cwd=folder)
     shutil.copyfile(tiny_data["test"], test_csv)  # the held-out split appears only now
     result = hpo("retrain", str(path), cwd=folder)
     assert result.returncode == 0, result.stderr
-    return Retrained(path, storage, folder, test_csv, launched, result)
+    return Retrained(path, storage, folder, test_csv, launched, early, broken, result)
 
 
 def test_retrain_records_the_winner_and_its_test_results(retrained):
@@ -219,27 +223,20 @@ def test_failed_export_leaves_the_previous_export_intact(retrained, tmp_path):
     assert _tree(into_foreign) == {"notes.txt": b"keep me"}
 
 
-def test_export_before_retrain_writes_the_configuration_and_says_no_model_exists(make_study, tmp_path, tiny_data):
-    test_csv = tmp_path / "held-out.csv"
-    shutil.copyfile(tiny_data["test"], test_csv)
-    data = {"source": "csv", "train": str(tiny_data["train"]), "validation": str(tiny_data["validation"]),
-            "test": str(test_csv), "max_length": 32}
-    path = make_study(name="early", n_trials=1, data=data)
-    assert hpo("launch", str(path), cwd=tmp_path).returncode == 0
-
-    out = tmp_path / "export"
-    result = hpo("export", str(path), "-o", str(out), cwd=tmp_path)
+def test_export_before_retrain_writes_the_configuration_and_says_no_model_exists(retrained):
+    result, out = retrained.early_export, retrained.folder / "early"
     assert result.returncode == 0, result.stderr
     assert "no model exists yet" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "best.yaml", "metrics.json", "training_args.json"]
     assert json.loads((out / "metrics.json").read_text())["test"] is None
     assert "No model exists yet" in (out / "README.md").read_text()
 
-    # Retrain reads the test split first thing, and a broken one stops it before any training.
-    write_csv(test_csv, [("fine", "x")], header=("text", "stars"))
-    broken = hpo("retrain", str(path), "--seeds", "0", cwd=tmp_path)
-    _one_line_error(broken, "data.label_column", "test split")
-    assert not (tmp_path / "retrained" / "early" / "model").exists()
+
+def test_retrain_reads_the_test_split_first_and_stops_on_a_broken_one(retrained):
+    """The search never opened the test file (it would have failed); retrain does, before any training."""
+    _one_line_error(retrained.broken_retrain, "data.label_column", "test split")
+    assert "retraining seed" not in retrained.broken_retrain.stderr
+    assert "top-2 re-evaluation" not in retrained.broken_retrain.stderr
 
 
 def test_retrain_without_a_completed_trial_is_a_clear_error(make_study, tmp_path):
