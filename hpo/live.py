@@ -66,7 +66,7 @@ class LiveProgress:
     # --- the runner's callbacks ------------------------------------------------
 
     def trial_started(self, worker: str, trial: optuna.Trial) -> None:
-        self.refresh()
+        self.refresh(draw=True)  # now, not at the next tick: a short trial could pass unseen
 
     def trial_ended(self, event: TrialEvent) -> None:
         best = f"best {event.best.value:.4f} (#{event.best.number})" if event.best else "no best yet"
@@ -76,7 +76,7 @@ class LiveProgress:
             markup=False,
             highlight=False,
         )
-        self.refresh()
+        self.refresh(draw=True)
 
     # --- lifetime --------------------------------------------------------------
 
@@ -101,7 +101,7 @@ class LiveProgress:
         while not self._stop.wait(self.interval):
             self.refresh()
 
-    def refresh(self) -> None:
+    def refresh(self, draw: bool = False) -> None:
         """Read the storage once; a failed read keeps the last picture and says so."""
         try:
             with self._lock:
@@ -113,6 +113,8 @@ class LiveProgress:
         self.problem = None
         if trials is not None:
             self.latest = snapshot.take(trials, self.spec.n_trials, self.spec.direction == "maximize", self.since)
+        if draw and self._live.is_started:
+            self._live.refresh()
 
     # --- drawing ---------------------------------------------------------------
 
