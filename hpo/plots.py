@@ -40,10 +40,17 @@ def _pyplot():
     return plt
 
 
-def _figure_of(drawn):
+def _first_axes(drawn):
     """Optuna returns an Axes, or an array of them for several subplots."""
-    first = drawn.flat[0] if hasattr(drawn, "flat") else drawn
-    return first.figure
+    return drawn.flat[0] if hasattr(drawn, "flat") else drawn
+
+
+def _integer_x(axes):
+    """Layer counts are whole numbers: no 0.2-layer ticks."""
+    from matplotlib.ticker import MaxNLocator
+
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return axes
 
 
 def learning_curves(study: optuna.Study, spec: StudySpec):
@@ -112,11 +119,11 @@ def figures(spec: StudySpec) -> list[tuple[str, str, str, Callable[[optuna.Study
         items += [
             ("freeze_depth_metric.png", f"{metric} against freeze_depth",
              f"Validation {metric} of complete trials by the number of bottom layers kept frozen.",
-             lambda s: ovm.plot_slice(s, params=["freeze_depth"], target_name=metric)),
+             lambda s: _integer_x(ovm.plot_slice(s, params=["freeze_depth"], target_name=metric))),
             ("freeze_depth_seconds.png", "Trial time against freeze_depth",
              "Wall seconds of complete trials (training and evaluation) by the number of frozen layers; "
              "frozen layers skip their backward pass.",
-             lambda s: ovm.plot_slice(s, params=["freeze_depth"], target=_seconds, target_name="trial seconds")),
+             lambda s: _integer_x(ovm.plot_slice(s, params=["freeze_depth"], target=_seconds, target_name="trial seconds"))),
         ]
     return items
 
@@ -129,7 +136,9 @@ def draw_all(study: optuna.Study, spec: StudySpec, folder: Path) -> list[Figure]
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Optuna's "experimental" notes and empty-plot warnings
-                fig = _figure_of(draw(study))
+                axes = _first_axes(draw(study))
+            axes.set_title(title)  # Optuna's are generic ("Slice Plot")
+            fig = axes.figure
             fig.set_size_inches(max(fig.get_figwidth(), 8), max(fig.get_figheight(), 4.8))
             path = folder / file
             fig.savefig(path, dpi=110, bbox_inches="tight")
