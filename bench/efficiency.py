@@ -1,0 +1,120 @@
+"""Goal 6: sample efficiency against the BERT paper's grid.
+
+    python bench/efficiency.py [--train 100] [--validation 60] [--max-length 64] [--seeds 0 1 2 3 4]
+
+First the grid, trained for real: learning rate {2e-5, 3e-5, 5e-5} x batch
+size {16, 32} x epochs {2, 3, 4}, 18 fine-tunes of the demo MiniLM-L6 with
+the study seed, each evaluated twice per epoch; its best validation accuracy
+(the best point of the best run) is the target, its compute the sum of the
+18 runs' training examples.
+
+Then hpo's search over the same 18 configurations (TPE with 5 random startup
+trials, the demo's median pruner), run by the real worker with one TPE seed
+per ``--seeds`` entry, until a trial reaches the target. Because a trial's
+training is deterministic given its configuration and the study seed, its
+evaluation points are those of the grid run with the same configuration; the
+search replays them (report, ask the pruner, stop if pruned) instead of
+training again, and is charged the training examples up to where the trial
+ended. Goal: the median compute to reach the grid's best is at most half the
+grid's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import tempfile
+import threading
+
+from common import demo_study, median, quiet, table
+
+GRID = {"learning_rate": [2e-5, 3e-5, 5e-5], "batch_size": [16, 32], "epochs": [2, 3, 4]}
+
+
+def run_grid(objective, seed: int) -> dict[tuple, list[tuple[int, float]]]:
+    from hpo.params import TrainingParams
+
+    runs = {}
+    for lr, batch, epochs in itertools.product(*GRID.values()):
+        params = TrainingParams(learning_rate=lr, batch_size=batch, epochs=epochs, freeze_depth=0, warmup_ratio=0.1)
+        result = objective.train_model(objective.new_model(params, seed), params, seed, validation=objective.validation)
+        runs[(lr, batch, epochs)] = [(p.examples, p.metrics["accuracy"]) for p in result.points]
+        print(f"grid lr {lr:g} batch {batch} epochs {epochs}: best {max(a for _, a in runs[(lr, batch, epochs)]):.3f}", flush=True)
+    return runs
+
+
+def search(spec, runs, target: float, cap: int) -> tuple[int | None, int]:
+    """Trials and training examples until the target is reached (None: not within ``cap`` trials)."""
+    import optuna
+
+    from hpo.runner import WorkerOptions, run_worker
+
+    stop = threading.Event()
+    spent = {"examples": 0, "trials": 0, "reached": None}
+
+    def replay(trial: optuna.Trial) -> float:
+        params = spec.sample(trial)
+        points = runs[(params.learning_rate, params.batch_size, params.epochs)]
+        spent["trials"] += 1
+        best, previous = 0.0, 0
+        for examples, accuracy in points:
+            spent["examples"] += examples - previous  # charged up to this point, pruned or not
+            previous = examples
+            best = max(best, accuracy)
+            trial.report(accuracy, step=examples)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        if best >= target and spent["reached"] is None:
+            spent["reached"] = spent["trials"]
+            stop.set()
+        return best
+
+    run_worker(spec.model_copy(update={"n_trials": cap}), replay, WorkerOptions(stop=stop))
+    return spent["reached"], spent["examples"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--train", type=int, default=100)
+    parser.add_argument("--validation", type=int, default=60)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--cap", type=int, default=36, help="most trials per search")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    quiet(args.threads)
+    from objectives import build
+
+    space = {
+        "learning_rate": {"choices": GRID["learning_rate"]},
+        "batch_size": {"choices": GRID["batch_size"]},
+        "epochs": {"choices": GRID["epochs"]},
+        "freeze_depth": 0,
+        "warmup_ratio": 0.1,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        base = demo_study(f"sqlite:///{tmp}/b.db", train=args.train, validation=args.validation, max_length=args.max_length, search_space=space)
+        objective = build(base)
+        runs = run_grid(objective, base.seed)
+        n = len(objective.train)
+        grid_examples = sum(n * epochs for (_, _, epochs) in runs)
+        target = max(a for points in runs.values() for _, a in points)
+        rows, fractions = [], []
+        for seed in args.seeds:
+            spec = demo_study(
+                f"sqlite:///{tmp}/b.db", name=f"efficiency-{seed}", train=args.train, validation=args.validation,
+                max_length=args.max_length, search_space=space, sampler={"type": "tpe", "n_startup_trials": 5, "seed": seed},
+            )
+            reached, examples = search(spec, runs, target, args.cap)
+            fraction = examples / grid_examples if reached else float("inf")
+            fractions.append(fraction)
+            rows.append([seed, reached if reached else f"not in {args.cap}", examples, f"{fraction:.2f}" if reached else "-"])
+            print(rows[-1], flush=True)
+    print(f"\n{n} train / {len(objective.validation)} validation reviews, max_length {args.max_length}; grid: 18 runs, "
+          f"{grid_examples} training examples, best validation accuracy {target:.4f}\n")
+    print(table(["TPE seed", "trials to reach the grid's best", "training examples", "vs grid compute"], rows))
+    print(f"\nmedian compute to reach the grid's best: {median(fractions):.2f} of the grid's (goal <= 0.5)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Goal 3: hpo against ``transformers.Trainer.hyperparameter_search(backend="optuna")``.
+
+    pip install -e ".[bench]"    # accelerate, which Trainer needs
+    python bench/peer.py [--trials 6] [--train 240] [--validation 120] [--max-length 64] [--repeats 1]
+
+Both tools tune the demo MiniLM-L6 on the same reviews (the same split, the
+same tokenization) over the same space: learning rate 2e-5..3e-4 (log), batch
+size {16, 32}, epochs 1..2, warmup 10%, no freezing (the peer cannot freeze).
+Both use Optuna's TPESampler(seed=0, n_startup_trials=3) and
+MedianPruner(n_startup_trials=2), evaluate once per epoch with batches of 64,
+pad per batch and group batches by length. Each tool runs in its own process
+(nothing warm is shared), the wall clock covers data loading, model loading
+and the whole search (library imports are done before it starts), and the runs alternate when repeated. The peer keeps
+its own habits: it reloads the model from disk in every trial, reports to the
+pruner at optimizer steps, and scores a trial by its last evaluation.
+Goal: at most 0.6 of the peer's wall time at an equal or better best score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+
+from common import demo_study, median, quiet, table
+
+SPACE = {"lr": (2.0e-5, 3.0e-4), "batch": [16, 32], "epochs": (1, 2)}
+
+
+def study(storage: str, args):
+    return demo_study(
+        storage, name="peer-bench", n_trials=args.trials, train=args.train, validation=args.validation,
+        max_length=args.max_length, points_per_epoch=1,
+        sampler={"type": "tpe", "n_startup_trials": 3, "seed": 0},
+        pruner={"type": "median", "n_startup_trials": 2},
+        search_space={
+            "learning_rate": {"low": SPACE["lr"][0], "high": SPACE["lr"][1], "log": True},
+            "batch_size": {"choices": SPACE["batch"]},
+            "epochs": {"low": SPACE["epochs"][0], "high": SPACE["epochs"][1]},
+            "freeze_depth": 0,
+            "warmup_ratio": 0.1,
+        },
+    )
+
+
+def warm_imports() -> None:
+    """Both tools import the same libraries; that cost (tens of seconds on a busy
+    2-core machine) is paid before either clock starts."""
+    import optuna  # noqa: F401
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments  # noqa: F401
+
+    import hpo.runner  # noqa: F401
+    import objectives.text_classification  # noqa: F401
+
+
+def run_hpo(args, tmp: str) -> dict:
+    from common import best_value, run_study
+    from objectives import build
+
+    warm_imports()
+    start = time.perf_counter()
+    spec = study(f"sqlite:///{tmp}/hpo.db", args)
+    _, trials = run_study(spec, build(spec))
+    wall = time.perf_counter() - start
+    best = max((t for t in trials if t.value is not None), key=lambda t: t.value)
+    return {"wall": wall, "best": best_value(trials), "params": best.params,
+            "pruned": sum(t.state.name == "PRUNED" for t in trials), "trials": len(trials)}
+
+
+def run_peer(args, tmp: str) -> dict:
+    import numpy as np
+    import optuna
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
+
+    from objectives.data import load_splits
+    from objectives.model import resolve
+    from objectives.tokens import tokenize
+
+    warm_imports()
+    start = time.perf_counter()
+    spec = study(f"sqlite:///{tmp}/unused.db", args)
+    splits = load_splits(spec.data, spec.seed)
+    tokenizer = AutoTokenizer.from_pretrained(resolve(spec.model))
+    train = tokenize(splits.train, tokenizer, spec.data.text_columns, spec.data.max_length)
+    validation = tokenize(splits.validation, tokenizer, spec.data.text_columns, spec.data.max_length)
+    labels = splits.label_names
+
+    def model_init(trial=None):
+        return AutoModelForSequenceClassification.from_pretrained(
+            resolve(spec.model), num_labels=len(labels), id2label=dict(enumerate(labels)),
+            label2id={name: i for i, name in enumerate(labels)},
+        )
+
+    def hp_space(trial):
+        return {
+            "learning_rate": trial.suggest_float("learning_rate", *SPACE["lr"], log=True),
+            "per_device_train_batch_size": trial.suggest_categorical("per_device_train_batch_size", SPACE["batch"]),
+            "num_train_epochs": trial.suggest_int("num_train_epochs", *SPACE["epochs"]),
+        }
+
+    def accuracy(prediction):
+        return {"accuracy": float(np.mean(prediction.predictions.argmax(-1) == prediction.label_ids))}
+
+    training_args = TrainingArguments(
+        output_dir=f"{tmp}/peer", eval_strategy="epoch", save_strategy="no", logging_strategy="no", report_to="none",
+        use_cpu=True, disable_tqdm=True, seed=spec.seed, warmup_steps=0.1, per_device_eval_batch_size=64,
+        train_sampling_strategy="group_by_length", dataloader_num_workers=0,
+    )
+    trainer = Trainer(
+        model_init=model_init, args=training_args, train_dataset=train, eval_dataset=validation,
+        processing_class=tokenizer, compute_metrics=accuracy,
+    )
+    best = trainer.hyperparameter_search(
+        hp_space=hp_space, compute_objective=lambda metrics: metrics["eval_accuracy"], n_trials=args.trials,
+        direction="maximize", backend="optuna",
+        sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=3),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2),
+    )
+    wall = time.perf_counter() - start
+    return {"wall": wall, "best": best.objective, "params": best.hyperparameters, "pruned": None, "trials": args.trials}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trials", type=int, default=6)
+    parser.add_argument("--train", type=int, default=240)
+    parser.add_argument("--validation", type=int, default=120)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--run", choices=["hpo", "peer"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run:
+        quiet(args.threads)
+        with tempfile.TemporaryDirectory() as tmp:
+            result = (run_hpo if args.run == "hpo" else run_peer)(args, tmp)
+        print("RESULT " + json.dumps(result))
+        return
+
+    forwarded = [f"--trials={args.trials}", f"--train={args.train}", f"--validation={args.validation}",
+                 f"--max-length={args.max_length}", f"--threads={args.threads}"]
+    rows, ratios = [], []
+    for repeat in range(args.repeats):
+        order = ("hpo", "peer") if repeat % 2 == 0 else ("peer", "hpo")
+        results = {}
+        for tool in order:
+            out = subprocess.run([sys.executable, __file__, "--run", tool, *forwarded], capture_output=True, text=True)
+            lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+            if out.returncode or not lines:
+                sys.exit(f"{tool} failed:\n{out.stderr[-3000:]}")
+            results[tool] = json.loads(lines[-1][len("RESULT "):])
+            print(tool, results[tool], flush=True)
+        ratio = results["hpo"]["wall"] / results["peer"]["wall"]
+        ratios.append(ratio)
+        rows.append([
+            repeat + 1, f"{results['hpo']['wall']:.0f}", f"{results['peer']['wall']:.0f}", f"{ratio:.2f}",
+            f"{results['hpo']['best']:.4f}", f"{results['peer']['best']:.4f}", results["hpo"]["pruned"],
+        ])
+    print()
+    print(table(["run", "hpo s", "peer s", "hpo / peer", "hpo best", "peer best", "hpo pruned"], rows))
+    print(f"\nmedian wall ratio hpo / peer: {median(ratios):.2f} (goal <= 0.6 at an equal or better best score)")
+
+
+if __name__ == "__main__":
+    main()
