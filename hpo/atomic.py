@@ -22,12 +22,20 @@ _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 
 
+def _default_mode(mode: int) -> int:
+    """What open() or mkdir() would give; mkstemp and mkdtemp give owner-only, wrong for a shared export."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
 def write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(staging, _default_mode(0o666))
         os.replace(staging, path)
     except BaseException:
         Path(staging).unlink(missing_ok=True)
@@ -37,7 +45,9 @@ def write_text(path: Path, text: str) -> None:
 def staging_dir(target: Path) -> Path:
     """An empty folder beside ``target``, hidden, to be filled and then swapped in."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.staging-"))
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.staging-"))
+    os.chmod(staging, _default_mode(0o777))
+    return staging
 
 
 def _exchange(first: Path, second: Path) -> bool:

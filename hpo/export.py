@@ -50,7 +50,7 @@ def best_spec(spec: StudySpec, winner: Winner) -> StudySpec:
     settings = spec.retrain.model_copy(update={"top_k": 1})
     if winner.record:
         plan = winner.record["plan"]
-        settings = settings.model_copy(update={"seeds": list(plan["seeds"]), "on": plan["on"]})
+        settings = settings.model_copy(update={"seeds": list(plan["seeds"]), "train_on": plan["train_on"]})
     return spec.with_fixed(winner.trial.params).model_copy(
         update={"name": f"{spec.name}-best", "n_trials": 1, "timeout": None, "retrain": settings}
     )
@@ -87,7 +87,7 @@ def training_arguments(spec: StudySpec, winner: Winner) -> dict[str, Any]:
     epochs, seed, notes = float(params.epochs), spec.seed, []
     if record:
         seed = record["model"]["seed"]
-        if record["plan"]["on"] == "train+validation":
+        if record["plan"]["train_on"] == "train+validation":
             epochs = record["winner"]["best_epoch"]
             notes.append("num_train_epochs is where the winner peaked on validation: retraining on train+validation "
                          "stops there, with the learning-rate schedule ending there too")
@@ -112,9 +112,12 @@ def training_arguments(spec: StudySpec, winner: Winner) -> dict[str, Any]:
         arguments["warmup_ratio"] = params.warmup_ratio
         arguments["group_by_length"] = spec.data.group_by_length
     notes.append("freeze_depth k: freeze the embeddings and the bottom k transformer layers (requires_grad=False)")
+    expressed = {"learning_rate", "batch_size", "epochs", "weight_decay", "lr_scheduler", "max_grad_norm", "warmup_ratio", "freeze_depth"}
     return {
         "training_arguments": arguments,
         "freeze_depth": params.freeze_depth,
+        # Knobs of the winner that TrainingArguments does not take as they are (set them on the model or loop).
+        "other_hyperparameters": {k: v for k, v in params.as_dict().items() if k not in expressed},
         "model": spec.model,
         "max_length": spec.data.max_length,
         "for_transformers": f"{major}.x" if major else None,
@@ -142,7 +145,7 @@ def metrics_document(spec: StudySpec, winner: Winner) -> dict[str, Any]:
     }
     if record:
         document["validation"]["selection"] = record["selection"]
-        if record["plan"]["on"] == "train":
+        if record["plan"]["train_on"] == "train":
             document["validation"]["retrained"] = [{"seed": s["seed"], **(s["validation"] or {})} for s in record["seeds"]]
         document["test"] = {
             "examples": record["test"]["examples"],

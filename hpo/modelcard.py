@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import optuna
 from optuna.trial import FrozenTrial
 
+from hpo.retrain import params_of, shown_metrics
 from hpo.runner import Counts
 from hpo.spec import Choices, Range, StudySpec
 from hpo.yamlio import dump_yaml
@@ -42,8 +43,21 @@ def _is_hub_id(model: str) -> bool:
     return model != "demo" and not model.startswith((".", "/", "~")) and not Path(model).exists()
 
 
+def _pipeline(spec: StudySpec) -> str:
+    """The transformers pipeline that runs the model (regression heads run in text-classification too)."""
+    return "image-classification" if spec.task.startswith("image") else "text-classification"
+
+
+def _sample(spec: StudySpec) -> str:
+    if spec.task.startswith("image"):
+        return '"photo.jpg"'
+    if len(spec.data.text_columns) == 2:
+        return '{"text": "a first text", "text_pair": "a second text"}'
+    return '"a text to classify"'
+
+
 def _front_matter(spec: StudySpec) -> str:
-    meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "text-classification", "tags": ["hpo", "optuna"]}
+    meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": _pipeline(spec), "tags": ["hpo", "optuna"]}
     if _is_hub_id(spec.model):
         meta["base_model"] = spec.model
     if spec.data.source == "hub":
@@ -61,7 +75,7 @@ def _data_source(spec: StudySpec) -> str:
 
 
 def _intro(spec: StudySpec, trial: FrozenTrial, record: dict[str, Any] | None, counts: Counts) -> str:
-    found = f"`{spec.model}` fine-tuned for text classification; hyperparameters found by an hpo study of {counts.finished} trials"
+    found = f"`{spec.model}` fine-tuned for {spec.task.replace('-', ' ')}; hyperparameters found by an hpo study of {counts.finished} trials"
     if not record:
         return (f"{found}. The winner is trial #{trial.number} ({spec.metric} {trial.value:.4f} on validation).\n\n"
                 "**No model exists yet**: this export holds the configuration only. Run `hpo retrain` on the study "
@@ -86,7 +100,7 @@ def _results(spec: StudySpec, trial: FrozenTrial, record: dict[str, Any] | None)
                 for c in record["selection"]]
         lines += ["", f"The top {len(rows)} trials were re-run with more seeds on the validation split and the best "
                   f"mean won (validation {spec.metric}):", "", _table(["trial", *[f"seed {s}" for s in seeds], "mean", "std"], rows)]
-    names = list(dict.fromkeys([record["metric"], "accuracy", "f1"]))
+    names = shown_metrics(record["metric"], record["test"]["mean"])
     rows = [[s["seed"], *[s["test"][n] for n in names]] for s in record["seeds"]]
     rows += [["mean", *[record["test"]["mean"][n] for n in names]], ["std", *[record["test"]["std"][n] for n in names]]]
     return lines + ["", f"Test split ({record['test']['examples']} examples, read once, after the winner was chosen; "
@@ -94,7 +108,7 @@ def _results(spec: StudySpec, trial: FrozenTrial, record: dict[str, Any] | None)
 
 
 def _training(spec: StudySpec, trial: FrozenTrial, record: dict[str, Any] | None) -> list[str]:
-    params = {**spec.fixed_params, **trial.params}
+    params = params_of(spec, trial).as_dict()
     lines = ["## Training", "", _table(["hyperparameter", "value"], [[k, v] for k, v in params.items()]), ""]
     if record:
         split = record["trained_on"]
@@ -135,8 +149,8 @@ USE = """## Use
 ```python
 from transformers import pipeline
 
-classifier = pipeline("text-classification", model="model")  # this export's model/ folder
-print(classifier("a text to classify"))
+model = pipeline("{pipeline}", model="model")  # this export's model/ folder
+print(model({sample}))
 ```
 
 ## Reproduce
@@ -160,6 +174,6 @@ def render(spec: StudySpec, study: optuna.Study, trial: FrozenTrial, record: dic
         "\n".join(_training(spec, trial, record)),
         "\n".join(_data(spec, study, record)),
         "\n".join(_search(spec, counts)),
-        USE,
+        USE.replace("{pipeline}", _pipeline(spec)).replace("{sample}", _sample(spec)),
     ]
     return "\n\n".join(sections) + "\n"

@@ -92,7 +92,7 @@ class Plan:
         return {
             "top_k": self.settings.top_k,
             "seeds": list(self.settings.seeds),
-            "on": self.settings.on,
+            "train_on": self.settings.train_on,
             "study_seed": self.study_seed,
             "candidates": [t.number for t in self.candidates],
             "home": str(self.home),
@@ -192,8 +192,8 @@ def _retrain_seeds(spec: StudySpec, params: TrainingParams, epochs: float, stagi
     seeds = spec.retrain.seeds
     results = []
     for i, seed in enumerate(seeds, 1):
-        log.info("retraining seed %d (%d of %d) on %s", seed, i, len(seeds), spec.retrain.on)
-        result = objective.retrain(params, seed, on=spec.retrain.on, epochs=epochs, directory=staging / f"seed-{seed}")
+        log.info("retraining seed %d (%d of %d) on %s", seed, i, len(seeds), spec.retrain.train_on)
+        result = objective.retrain(params, seed, on=spec.retrain.train_on, epochs=epochs, directory=staging / f"seed-{seed}")
         log.info("seed %d: %s %.4f on test (%.0fs)", seed, spec.metric, result.test[spec.metric], result.seconds)
         results.append(result)
     return results
@@ -266,7 +266,7 @@ def _record(spec, plan, run_id, winner, candidates, params, epochs, results, cho
             "best_epoch": epochs,
         },
         "selection": [_candidate_record(c) for c in candidates],
-        "trained_on": {"split": spec.retrain.on, "examples": results[0].train_examples},
+        "trained_on": {"split": spec.retrain.train_on, "examples": results[0].train_examples},
         "seeds": [
             {"seed": r.seed, "test": r.test, "validation": r.validation, "examples_seen": r.examples_seen,
              "epochs": r.epochs, "seconds": r.seconds}
@@ -282,9 +282,9 @@ def _record(spec, plan, run_id, winner, candidates, params, epochs, results, cho
     }
 
 
-def shown_metrics(metric: str) -> list[str]:
-    """The study's metric, then accuracy and macro-F1 for classification."""
-    return list(dict.fromkeys([metric, "accuracy", "f1"]))
+def shown_metrics(metric: str, available: Any = ()) -> list[str]:
+    """The study's metric, then accuracy and macro-F1 where the task has them (classification)."""
+    return [m for m in dict.fromkeys([metric, "accuracy", "f1"]) if m == metric or m in available]
 
 
 def summary(record: dict[str, Any]) -> str:
@@ -307,7 +307,7 @@ def _selection_table(record: dict[str, Any]) -> str:
 
 
 def _test_table(record: dict[str, Any]) -> str:
-    names = shown_metrics(record["metric"])
+    names = shown_metrics(record["metric"], record["test"]["mean"])
     rows = [[s["seed"], *[s["test"][n] for n in names], s["epochs"]] for s in record["seeds"]]
     rows.append(["mean", *[record["test"]["mean"][n] for n in names], None])
     rows.append(["std", *[record["test"]["std"][n] for n in names], None])
@@ -341,7 +341,7 @@ def status_lines(record: dict[str, Any] | None) -> list[str]:
     metric, test = record["metric"], record["test"]
     chosen = (f"best mean over {len(record['selection'][0]['runs'])} seeds of the top {len(record['selection'])}"
               if len(record["selection"]) > 1 else "best trial")
-    scores = ", ".join(f"{n} {test['mean'][n]:.4f} ± {test['std'][n]:.4f}" for n in shown_metrics(metric))
+    scores = ", ".join(f"{n} {test['mean'][n]:.4f} ± {test['std'][n]:.4f}" for n in shown_metrics(metric, test["mean"]))
     per_seed = " ".join(f"{s['seed']}:{s['test'][metric]:.4f}" for s in record["seeds"])
     return [
         f"retrain winner #{record['winner']['trial']} ({chosen}), trained on {record['trained_on']['split']}, "

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -212,10 +213,20 @@ class RetrainSpec(Strict):
     seeds: list[Annotated[StrictInt, Field(ge=0, lt=2**32)]] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     # train+validation: training stops at the winner's best point (there is no
     # validation split left to choose it); train: each seed keeps its best point.
-    on: Literal["train+validation", "train"] = "train+validation"
+    # Also accepted as `on` (which YAML 1.1 reads as the key true; mapped back below).
+    train_on: Literal["train+validation", "train"] = Field(
+        "train+validation", validation_alias=AliasChoices("train_on", "on")
+    )
     # Retrained models go to <output_dir>/<study name>/model, relative to the
     # current directory like the default SQLite file; the path is kept on the study.
     output_dir: str = Field("retrained", min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_on(cls, data: Any) -> Any:
+        if isinstance(data, dict) and True in data:
+            data = {("on" if key is True else key): value for key, value in data.items()}
+        return data
 
     @field_validator("seeds")
     @classmethod

@@ -47,7 +47,7 @@ class _Progress:
         quarter, epoch = 4 * seen // max(total, 1), seen // self.n_train
         if quarter > self.quarter or epoch > self.epoch:
             self.quarter, self.epoch = quarter, epoch
-            log.info("%s: epoch %.2f, %d/%d examples seen", self.what, seen / self.n_train, seen, total)
+            log.info("%s: epoch %.2f, %d examples seen (stops at %d)", self.what, seen / self.n_train, seen, total)
 
 
 class _BestWeights:

@@ -13,6 +13,7 @@ import json
 import os
 import resource
 import shutil
+import stat
 import statistics
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from optuna.trial import TrialState
 
 from conftest import hpo, study_dict, write_csv
 from hpo.retrain import Candidate, Run, pick
+from hpo.spec import load_spec
 
 pytestmark = pytest.mark.slow
 
@@ -147,6 +149,10 @@ def test_export_folder_reproduces_the_recorded_test_metric(retrained, tmp_path):
     result = hpo("export", str(retrained.path), "-o", str(out), cwd=retrained.folder)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "best.yaml", "metrics.json", "model", "training_args.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask  # as mkdir makes it, not owner-only
+    assert stat.S_IMODE((out / "best.yaml").stat().st_mode) == 0o666 & ~umask
     record = retrained.study().user_attrs["retrain"]
 
     # model/ loads with the Auto classes and scores the test split exactly as recorded.
@@ -256,21 +262,25 @@ def test_retrain_without_a_completed_trial_is_a_clear_error(make_study, tmp_path
 
 
 def test_bad_retrain_settings_are_all_reported(make_study, tmp_path):
-    path = make_study(retrain={"top_k": 0, "seeds": [1, 1], "on": "test", "epochs": 3})
+    path = make_study(retrain={"top_k": 0, "seeds": [1, 1], "train_on": "test", "epochs": 3})
     result = hpo("validate", str(path), "--offline", cwd=tmp_path)
     _one_line_error(result, "retrain.top_k: must be >= 1", "retrain.seeds: must not repeat a seed",
-                    "retrain.on: must be", "retrain.epochs: is not a known key")
+                    "retrain.train_on: must be", "retrain.epochs: is not a known key")
     good = make_study(name="fine")
     flags = hpo("retrain", str(good), "--seeds", "3", "3", cwd=tmp_path)
     _one_line_error(flags, "--seeds: must not repeat a seed")
     assert not (tmp_path / "hpo.db").exists()
+
+    # YAML 1.1 reads a bare `on:` key as true; it still means train_on.
+    good.write_text(good.read_text() + "retrain:\n  on: train\n")
+    assert load_spec(good).retrain.train_on == "train"
 
 
 def test_retrain_on_train_keeps_each_seeds_best_point_on_postgres(make_study, tmp_path, postgres_url):
     """On train the retrain with the study's seed is the winning trial again, point for point."""
     path = make_study(n_trials=1, storage=postgres_url)
     assert hpo("launch", str(path), cwd=tmp_path).returncode == 0
-    result = hpo("retrain", str(path), "--on", "train", "--seeds", "0", cwd=tmp_path)
+    result = hpo("retrain", str(path), "--train-on", "train", "--seeds", "0", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     study = optuna.load_study(study_name=yaml.safe_load(path.read_text())["name"], storage=postgres_url)
     try:
