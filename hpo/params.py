@@ -47,6 +47,7 @@ class Knob:
 
 
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+OPTIMIZERS = ("adamw", "sgd", "adafactor")
 
 # Defaults follow common fine-tuning practice (BERT paper, HF Trainer) so that a
 # study that only searches the four required knobs still trains sensibly.
@@ -61,7 +62,23 @@ KNOBS: dict[str, Knob] = {
     "warmup_ratio": Knob(float, default=0.06, ge=0, lt=1),
     "lr_scheduler": Knob(str, default="linear", choices=SCHEDULERS),
     "max_grad_norm": Knob(float, default=1.0, gt=0),
+    "optimizer": Knob(str, default="adamw", choices=OPTIMIZERS),
+    # SGD's momentum; drawn only in trials whose optimizer is sgd (see CONDITIONS).
+    "momentum": Knob(float, default=0.9, ge=0, lt=1),
+    # The model's hidden and attention dropout; absent: the checkpoint's own.
+    "dropout": Knob(float, default=None, ge=0, lt=1),
+    "label_smoothing": Knob(float, default=0.0, ge=0, lt=1),
+    # Micro-batches per optimizer step: the effective batch is batch_size x this.
+    "gradient_accumulation_steps": Knob(int, default=1, ge=1),
+    # Early stopping: evaluation points without a new best before a trial ends
+    # (it keeps its best score); absent: every trial runs all its epochs.
+    "patience": Knob(int, default=None, ge=1),
 }
+
+# Conditional dimensions: name -> (the dimension it depends on, the value that enables it).
+# A trial suggests the dimension only when the other one took that value, so the
+# search never spends effort on a momentum that AdamW would ignore.
+CONDITIONS: dict[str, tuple[str, str]] = {"momentum": ("optimizer", "sgd")}
 
 REQUIRED = tuple(name for name, knob in KNOBS.items() if knob.required)
 
@@ -78,10 +95,16 @@ class TrainingParams:
     warmup_ratio: float = KNOBS["warmup_ratio"].default
     lr_scheduler: str = KNOBS["lr_scheduler"].default
     max_grad_norm: float = KNOBS["max_grad_norm"].default
+    optimizer: str = KNOBS["optimizer"].default
+    momentum: float = KNOBS["momentum"].default
+    dropout: float | None = KNOBS["dropout"].default
+    label_smoothing: float = KNOBS["label_smoothing"].default
+    gradient_accumulation_steps: int = KNOBS["gradient_accumulation_steps"].default
+    patience: int | None = KNOBS["patience"].default
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> "TrainingParams":
-        typed = {name: KNOBS[name].kind(value) for name, value in values.items()}
+        typed = {name: None if value is None else KNOBS[name].kind(value) for name, value in values.items()}
         return cls(**typed)
 
     def as_dict(self) -> dict[str, Any]:

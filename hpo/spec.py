@@ -31,7 +31,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from hpo.errors import SpecError
-from hpo.params import KNOBS, REQUIRED, TrainingParams
+from hpo.params import CONDITIONS, KNOBS, REQUIRED, TrainingParams
 from hpo.yamlio import read_yaml
 
 # Metric name -> optimisation direction. The objective computes the metric;
@@ -43,10 +43,20 @@ METRICS: dict[str, str] = {
     "precision": "maximize",  # macro-averaged
     "recall": "maximize",  # macro-averaged
     "mcc": "maximize",
-    "loss": "minimize",
+    "loss": "minimize",  # cross-entropy, or mean squared error for regression
+    # text-regression
+    "rmse": "minimize",
+    "mae": "minimize",
+    "r2": "maximize",
+    "spearman": "maximize",
 }
 
+TASKS = ("text-classification", "text-regression", "image-classification")
+REGRESSION_METRICS = ("rmse", "mae", "r2", "spearman", "loss")
+CLASSIFICATION_METRICS = tuple(m for m in METRICS if m not in REGRESSION_METRICS or m == "loss")
+
 DEFAULT_STORAGE = "sqlite:///hpo.db"
+FILE_SOURCES = ("csv", "json", "parquet", "imagefolder")
 
 
 class Strict(BaseModel):
@@ -123,10 +133,10 @@ _DIMENSION = TypeAdapter(Dimension)
 class DataSpec(Strict):
     """Where the examples come from and how they become model inputs."""
 
-    source: Literal["demo", "hub", "csv", "json", "parquet"]
+    source: Literal["demo", "hub", "csv", "json", "parquet", "imagefolder"]
     path: str | None = None  # hub dataset id, e.g. "glue" (source: hub only)
     name: str | None = None  # hub dataset configuration, e.g. "sst2"
-    train: str = "train"  # split name (hub) or file path (csv/json/parquet)
+    train: str = "train"  # split name (hub), file path (csv/json/parquet) or folder (imagefolder)
     validation: str | None = None  # None: carve validation_fraction out of train
     test: str | None = None  # read only by retrain, never during the search
     validation_fraction: float = Field(0.1, gt=0, lt=1)
@@ -142,6 +152,12 @@ class DataSpec(Strict):
     # retrain, test) rows whose text also occurs in train. Counted always.
     drop_duplicates: bool = True
     drop_leaking: bool = True
+    # Images (task: image-classification): the column of images (hub) or of
+    # image paths, relative to the file that lists them (csv/json/parquet);
+    # imagefolder reads one sub-folder per class. Duplicates and leaks are
+    # found by file content. augment: random crop and flip of training images.
+    image_column: str | None = None
+    augment: bool = True
 
     @field_validator("text_column")
     @classmethod
@@ -156,6 +172,8 @@ class DataSpec(Strict):
             raise PydanticCustomError("data", "is required when source is hub (e.g. glue)", {"field": "path"})
         if self.source != "hub" and (self.path or self.name):
             raise PydanticCustomError("data", "is only used with source: hub", {"field": "path" if self.path else "name"})
+        if self.source == "imagefolder" and not self.image_column:
+            raise PydanticCustomError("data", "imagefolder holds images: use task image-classification", {"field": "source"})
         return self
 
     @property
@@ -165,7 +183,7 @@ class DataSpec(Strict):
     @property
     def file_splits(self) -> dict[str, str]:
         """Split -> file path, for file sources."""
-        if self.source not in ("csv", "json", "parquet"):
+        if self.source not in FILE_SOURCES:
             return {}
         splits = {"train": self.train, "validation": self.validation, "test": self.test}
         return {split: path for split, path in splits.items() if path}
@@ -268,7 +286,7 @@ class StudySpec(Strict):
     trial_timeout: float | None = Field(None, gt=0)  # seconds one trial may run before it is failed
     seed: int = 0
     model: str = Field(min_length=1)  # hub id, local directory, or "demo"
-    task: Literal["text-classification"] = "text-classification"
+    task: Literal[TASKS] = "text-classification"  # type: ignore[valid-type]
     data: DataSpec
     metric: Literal[tuple(METRICS)] = "accuracy"  # type: ignore[valid-type]
     # Loss weights per class: "balanced" (rows / (classes x class rows), from
@@ -281,6 +299,37 @@ class StudySpec(Strict):
     runtime: RuntimeSpec = RuntimeSpec()
     heartbeat: HeartbeatSpec = HeartbeatSpec()
     search_space: dict[str, Dimension]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, raw: Any) -> Any:
+        """No metric named: accuracy for classification, rmse for regression; images in column "image"."""
+        if not isinstance(raw, dict):
+            return raw
+        if "metric" not in raw and raw.get("task") == "text-regression":
+            raw = {**raw, "metric": "rmse"}
+        data = raw.get("data")
+        if raw.get("task") == "image-classification" and isinstance(data, dict) and "image_column" not in data:
+            raw = {**raw, "data": {**data, "image_column": "image"}}
+        return raw
+
+    @model_validator(mode="after")
+    def _fits_task(self) -> "StudySpec":
+        """A metric or a loss option that the task cannot produce dooms every trial: say so now."""
+        regression = self.task == "text-regression"
+        allowed = REGRESSION_METRICS if regression else CLASSIFICATION_METRICS
+        if self.metric not in allowed:
+            raise PydanticCustomError(
+                "task", "{metric} does not apply to {task} (use {allowed})",
+                {"field": "metric", "metric": self.metric, "task": self.task, "allowed": ", ".join(allowed)},
+            )
+        if regression and self.class_weights is not None:
+            raise PydanticCustomError("task", "applies to classification tasks only", {"field": "class_weights"})
+        if self.data.image_column and self.task != "image-classification":
+            raise PydanticCustomError("task", "is only used with task image-classification", {"field": "data.image_column"})
+        if regression and "label_smoothing" in self.search_space:
+            raise PydanticCustomError("task", "applies to classification tasks only", {"field": "search_space.label_smoothing"})
+        return self
 
     @property
     def direction(self) -> str:
@@ -298,9 +347,19 @@ class StudySpec(Strict):
         return {k: v for k, v in self.search_space.items() if isinstance(v, (Range, Choices))}
 
     def sample(self, trial: Any) -> TrainingParams:
-        """Draw one configuration through the trial's ``suggest_*`` API."""
+        """Draw one configuration through the trial's ``suggest_*`` API.
+
+        Conditional dimensions come last and are suggested only when their
+        condition holds (define-by-run), so a trial's recorded parameters are
+        exactly those that shaped it.
+        """
         values = self.fixed_params
-        for name, dim in self.searched.items():
+        searched = sorted(self.searched.items(), key=lambda item: item[0] in CONDITIONS)
+        for name, dim in searched:
+            if name in CONDITIONS:
+                parent, enabling = CONDITIONS[name]
+                if values.get(parent) != enabling:
+                    continue
             if isinstance(dim, Choices):
                 values[name] = trial.suggest_categorical(name, dim.choices)
             elif dim.is_int:
@@ -385,13 +444,14 @@ def _knob_problems(space: Any) -> list[str]:
 
 def _file_problems(raw: dict[str, Any], base: Path) -> list[str]:
     data = raw.get("data")
-    if not isinstance(data, dict) or data.get("source") not in ("csv", "json", "parquet"):
+    if not isinstance(data, dict) or data.get("source") not in FILE_SOURCES:
         return []
+    folders = data.get("source") == "imagefolder"
     problems = []
     for split in ("train", "validation", "test"):
         value = data.get(split, "train" if split == "train" else None)
-        if isinstance(value, str) and not (base / value).is_file():
-            problems.append(f"data.{split}: file not found: {value}")
+        if isinstance(value, str) and not ((base / value).is_dir() if folders else (base / value).is_file()):
+            problems.append(f"data.{split}: {'folder' if folders else 'file'} not found: {value}")
     return problems
 
 
@@ -399,7 +459,7 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     """Make data file paths and local model directories independent of the working directory."""
     raw = dict(raw)
     data = raw.get("data")
-    if isinstance(data, dict) and data.get("source") in ("csv", "json", "parquet"):
+    if isinstance(data, dict) and data.get("source") in FILE_SOURCES:
         data = dict(data)
         for split in ("train", "validation", "test"):
             if isinstance(data.get(split), str):

@@ -13,6 +13,8 @@ from typing import Any
 
 TASKS = {
     "text-classification": "objectives.text_classification:TextClassification",
+    "text-regression": "objectives.text_regression:TextRegression",
+    "image-classification": "objectives.image_classification:ImageClassification",
 }
 
 

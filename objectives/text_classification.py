@@ -23,7 +23,8 @@ from hpo.spec import StudySpec
 from objectives import freezing, retraining
 from objectives.data import load_splits, load_test, test_leakage
 from objectives.errors import ObjectiveError
-from objectives.model import load_pretrained, model_depth
+from objectives.classweights import class_weights
+from objectives.model import load_pretrained, model_depth, set_dropout
 from objectives.tokens import tokenize
 from objectives.training import Batcher, TrainResult, fine_tune, pick_runtime
 
@@ -52,6 +53,7 @@ def check(spec: StudySpec) -> dict[str, Any]:
     if spec.data.source == "hub":
         return {"data": "hub dataset: checked at launch"}
     splits = load_splits(spec.data, spec.seed)
+    class_weights(spec.class_weights, splits.train["labels"], splits.label_names)
     report = splits.report.as_dict()
     report["test"] = test_leakage(spec.data, splits.train_keys)
     return {"train": len(splits.train), "validation": len(splits.validation), "labels": splits.label_names, "data_report": report}
@@ -68,6 +70,7 @@ class TextClassification:
         self.dropped = splits.dropped
         self.data_report = splits.report.as_dict()
         self.train_keys = splits.train_keys  # only to drop test rows seen in training, at retrain
+        self.class_weights = class_weights(spec.class_weights, splits.train["labels"], splits.label_names)
         for warning in self.data_report["warnings"]:
             log.warning("data: %s", warning)
         self.pretrained = load_pretrained(spec.model, splits.label_names)
@@ -95,6 +98,7 @@ class TextClassification:
             "validation_examples": len(self.validation),
             "rows_dropped": self.dropped,
             "data_report": self.data_report,
+            "class_weights": self.class_weights,
             "model_depth": self.depth,
             "model_parameters": total,
             "device": str(self.runtime.device),
@@ -103,6 +107,7 @@ class TextClassification:
     def new_model(self, params: TrainingParams, seed: int):
         model = self.pretrained.fresh_copy(seed)
         freezing.freeze(model, params.freeze_depth)
+        set_dropout(model, params.dropout)
         return model
 
     def train_model(self, model, params: TrainingParams, seed: int, *, validation=None, train=None, max_examples=None, on_eval=None, on_batch=None) -> TrainResult:
@@ -122,6 +127,7 @@ class TextClassification:
             group_by_length=self.spec.data.group_by_length,
             on_eval=on_eval,
             on_batch=on_batch,
+            class_weights=self.class_weights,
         )
 
     def test_batcher(self) -> Batcher:
@@ -185,6 +191,7 @@ class TextClassification:
             "trainable_fraction": round(trainable / total, 4),
             "device": str(self.runtime.device),
             "peak_memory_mb": _peak_memory_mb(self.runtime.device),
+            "stopped_early": result.stopped_early,
         }
         if result.best is not None:
             attrs["best_examples"] = result.best.examples

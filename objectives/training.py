@@ -1,10 +1,14 @@
-"""The fine-tuning loop: AdamW, warmup + decay, padding per batch, evaluation by examples seen.
+"""The fine-tuning loop: optimizer, warmup + decay, padding per batch, evaluation by examples seen.
 
 Evaluation points sit at fixed numbers of training examples (for example
 every half epoch), not at optimizer steps, so a batch-32 trial and a batch-16
 trial are compared after the same amount of data. The loop knows nothing of
 Optuna: it calls ``on_eval`` at each point, and the objective decides what a
 point means for the search (report, prune). Retraining reuses it as is.
+
+The loss is computed here from the logits rather than taken from the model,
+so that class weights and label smoothing apply to every architecture, and a
+model whose config says ``problem_type: regression`` gets mean squared error.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 import torch
 
 from hpo.params import TrainingParams
-from objectives.metrics import classification_metrics
+from objectives.metrics import classification_metrics, regression_metrics
 
 
 @dataclass(frozen=True)
@@ -111,12 +115,33 @@ class Batcher:
             column: torch.from_numpy(matrix[indices, :width]).to(device, torch.long, non_blocking=True)
             for column, matrix in self._padded().items()
         }
-        out["labels"] = torch.as_tensor(self.labels[indices], dtype=torch.long).to(device, non_blocking=True)
+        out["labels"] = label_tensor(self.labels[indices], device)
         return out
 
 
+def label_tensor(labels: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Class ids as long, regression targets as float."""
+    dtype = torch.float32 if labels.dtype.kind == "f" else torch.long
+    return torch.as_tensor(labels, dtype=dtype).to(device, non_blocking=True)
+
+
+def is_regression(model) -> bool:
+    return getattr(getattr(model, "config", None), "problem_type", None) == "regression"
+
+
+def task_loss(model, logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy (optionally weighted and smoothed) for classes, mean squared error for regression."""
+    if is_regression(model):
+        return torch.nn.functional.mse_loss(logits.squeeze(-1).float(), labels.float())
+    return torch.nn.functional.cross_entropy(logits.float(), labels, weight=class_weights, label_smoothing=label_smoothing)
+
+
 def _optimizer(model: torch.nn.Module, params: TrainingParams, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW without weight decay on biases and norms, as in the BERT recipe."""
+    """AdamW, SGD with momentum or Adafactor; no weight decay on biases and norms, as in the BERT recipe.
+
+    Adafactor runs with an external learning rate (relative_step off), so the
+    searched learning rate and the scheduler mean the same for all three.
+    """
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
@@ -125,6 +150,12 @@ def _optimizer(model: torch.nn.Module, params: TrainingParams, device: torch.dev
         {"params": decay, "weight_decay": params.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    if params.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=params.learning_rate, momentum=params.momentum)
+    if params.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(groups, lr=params.learning_rate, scale_parameter=False, relative_step=False, warmup_init=False)
     return torch.optim.AdamW(groups, lr=params.learning_rate, fused=device.type == "cuda")
 
 
@@ -154,18 +185,28 @@ def eval_targets(n_train: int, epochs: int, points_per_epoch: int) -> list[int]:
 
 @torch.no_grad()
 def evaluate(model, batcher: Batcher, runtime: Runtime, batch_size: int, num_labels: int) -> dict[str, float]:
+    """Every metric of the task on one split; the loss is the plain (unweighted, unsmoothed) one,
+    so that trials searching label smoothing or class weights are compared on the same scale."""
     model.eval()
+    regression = is_regression(model)
     order = np.argsort(batcher.lengths)  # similar lengths together: less padding
-    predictions = np.empty(len(batcher), dtype=np.int64)
+    predictions = np.empty(len(batcher), dtype=np.float64 if regression else np.int64)
     loss_sum = 0.0
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
         batch = batcher.batch(indices, runtime.device)
+        labels = batch.pop("labels")
         with torch.autocast(runtime.device.type, dtype=runtime.autocast_dtype, enabled=runtime.autocast_dtype is not None):
-            output = model(**batch)
-        loss_sum += float(output.loss) * len(indices)
-        predictions[indices] = output.logits.argmax(dim=-1).cpu().numpy()
-    metrics = classification_metrics(batcher.labels, predictions, num_labels)
+            logits = model(**batch).logits
+        loss_sum += float(task_loss(model, logits, labels)) * len(indices)
+        if regression:
+            predictions[indices] = logits.squeeze(-1).float().cpu().numpy()
+        else:
+            predictions[indices] = logits.argmax(dim=-1).cpu().numpy()
+    if regression:
+        metrics = regression_metrics(batcher.labels, predictions)
+    else:
+        metrics = classification_metrics(batcher.labels, predictions, num_labels)
     metrics["loss"] = loss_sum / max(len(batcher), 1)
     model.train()
     return metrics
@@ -188,11 +229,16 @@ def fine_tune(
     group_by_length: bool = True,
     on_eval: Callable[[EvalPoint], None] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    class_weights: list[float] | None = None,
 ) -> TrainResult:
     """Train in place; evaluate at each target and remember the best point.
 
     ``max_examples`` stops training early at a fixed amount of data (retraining
     on train + validation stops where the winning trial was best).
+    ``params.patience`` ends training after that many evaluation points
+    without a new best (``stopped_early``); the best point stays the result.
+    With ``gradient_accumulation_steps`` > 1 the optimizer steps once per that
+    many batches, and the schedule counts optimizer steps.
     """
     from transformers import get_scheduler, set_seed
 
@@ -202,7 +248,9 @@ def fine_tune(
     if max_examples is not None:
         total_examples = min(total_examples, max_examples)
     steps_per_epoch = math.ceil(len(train) / params.batch_size)
-    total_steps = max(1, math.ceil(total_examples / params.batch_size))
+    accumulate = params.gradient_accumulation_steps
+    total_steps = max(1, math.ceil(total_examples / (params.batch_size * accumulate)))
+    weights = torch.as_tensor(class_weights, dtype=torch.float32, device=runtime.device) if class_weights else None
     optimizer = _optimizer(model, params, runtime.device)
     scheduler = get_scheduler(
         params.lr_scheduler, optimizer, num_warmup_steps=round(params.warmup_ratio * total_steps), num_training_steps=total_steps
@@ -210,33 +258,40 @@ def fine_tune(
     targets = [t for t in eval_targets(len(train), params.epochs, points_per_epoch) if t <= total_examples]
     if validation is None:
         targets = []
-    scorer = _Scorer(validation, runtime, eval_batch_size, num_labels, metric, maximize, on_eval)
+    scorer = _Scorer(validation, runtime, eval_batch_size, num_labels, metric, maximize, on_eval, params.patience)
     rng = np.random.default_rng(seed)
     result = TrainResult()
     losses: list[float] = []
     seen = 0
+    micro = 0  # batches since the last optimizer step
     train_start = time.perf_counter()
+    trainable = [p for p in model.parameters() if p.requires_grad]
     for epoch in range(params.epochs):
         for indices in batch_order(train.lengths, params.batch_size, rng, group_by_length):
             batch = train.batch(indices, runtime.device)
+            labels = batch.pop("labels")
             with torch.autocast(runtime.device.type, dtype=runtime.autocast_dtype, enabled=runtime.autocast_dtype is not None):
-                loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], params.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
+                logits = model(**batch).logits
+            loss = task_loss(model, logits, labels, weights, params.label_smoothing)
+            (loss / accumulate).backward()
             seen += len(indices)
+            micro += 1
+            if micro == accumulate or seen >= total_examples:
+                torch.nn.utils.clip_grad_norm_(trainable, params.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                micro = 0
+            losses.append(float(loss.detach()))
             if on_batch:
                 on_batch(seen, total_examples)
-            while targets and seen >= targets[0]:
+            while targets and seen >= targets[0] and not result.stopped_early:
                 result.train_seconds += time.perf_counter() - train_start
                 scorer.score(model, targets.pop(0), len(train), result)
                 train_start = time.perf_counter()
-            if seen >= total_examples:
+            if seen >= total_examples or result.stopped_early:
                 break
-        if seen >= total_examples:
+        if seen >= total_examples or result.stopped_early:
             break
     result.train_seconds += time.perf_counter() - train_start
     result.examples_seen = seen
@@ -256,6 +311,8 @@ class _Scorer:
     metric: str
     maximize: bool
     on_eval: Callable[[EvalPoint], None] | None
+    patience: int | None = None
+    stalled: int = 0  # evaluation points since the last new best
 
     def score(self, model, target: int, n_train: int, result: TrainResult) -> None:
         start = time.perf_counter()
@@ -265,8 +322,13 @@ class _Scorer:
         result.points.append(point)
         if result.best is None or self._better(metrics[self.metric], result.best.metrics[self.metric]):
             result.best = point
+            self.stalled = 0
+        else:
+            self.stalled += 1
         if self.on_eval:
             self.on_eval(point)  # may raise: a pruned trial ends here
+        if self.patience is not None and self.stalled >= self.patience:
+            result.stopped_early = True
 
     def _better(self, value: float, best: float) -> bool:
         return value > best if self.maximize else value < best

@@ -103,7 +103,8 @@ def test_every_trial_failing_stops_the_worker(make_study, tmp_path, tiny_data):
     # Texts longer than the model's 64 positions, with max_length above it: every forward fails.
     long_rows = [(" ".join(["good"] * 100), "pos"), (" ".join(["bad"] * 100), "neg")] * 10
     train = write_csv(tmp_path / "long.csv", long_rows)
-    data = {"source": "csv", "train": str(train), "validation": str(train), "max_length": 128}
+    # The same file twice, repeats kept: hygiene would otherwise leave no validation row to fail on.
+    data = {"source": "csv", "train": str(train), "validation": str(train), "max_length": 128, "drop_duplicates": False, "drop_leaking": False}
     path = make_study(name="doomed", n_trials=5, data=data)
     result = hpo("launch", str(path), cwd=tmp_path)
     assert result.returncode == 1, result.stderr

@@ -7,6 +7,7 @@ import argparse
 from hpo import storage
 from hpo.datareport import format_report
 from hpo.cli import common, preflight
+from hpo.params import CONDITIONS
 from hpo.spec import Choices, Range, StudySpec
 
 
@@ -27,6 +28,13 @@ def describe_dimension(dim) -> str:
     return f"fixed {dim}"
 
 
+def _condition(name: str) -> str:
+    if name not in CONDITIONS:
+        return ""
+    parent, value = CONDITIONS[name]
+    return f" (only when {parent} is {value})"
+
+
 def summary(spec: StudySpec) -> str:
     data = spec.data
     where = f"{data.path}{'/' + data.name if data.name else ''}" if data.source == "hub" else data.source
@@ -42,7 +50,7 @@ def summary(spec: StudySpec) -> str:
         "",
         common.table(
             ["dimension", "searched as"],
-            [[name, describe_dimension(dim)] for name, dim in spec.search_space.items()],
+            [[name, describe_dimension(dim) + _condition(name)] for name, dim in spec.search_space.items()],
         ),
     ]
     return "\n".join(lines)

@@ -1,0 +1,104 @@
+"""Objective for ``task: image-classification``: a pretrained vision model (ResNet, ViT, ConvNeXt, ...).
+
+The model comes through ``AutoModelForImageClassification`` with its image
+processor (resize, crop, normalise as the checkpoint was trained); a new head
+replaces the checkpoint's (an ImageNet head has 1,000 classes). Everything
+else is text classification's: data hygiene (duplicates and leaks found by
+image content), class weights, freezing (the stem plus the bottom k stages or
+blocks), the training loop, evaluation points, pruning and retraining. Only
+the batches differ: images are decoded per batch, lightly augmented in
+training (random crop and horizontal flip, ``data.augment``), and handed to
+the processor.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from hpo.spec import StudySpec
+from objectives.classweights import class_weights
+from objectives.data import load_splits, test_leakage
+from objectives.imagefiles import open_image
+from objectives.model import model_depth
+from objectives.text_classification import TextClassification, check_freeze_depth
+from objectives.training import label_tensor
+
+# Random crops keep at least this share of each side: light enough not to cut the object away.
+MIN_CROP = 0.8
+
+
+class ImageBatcher:
+    """Decodes, augments and preprocesses the images of one batch."""
+
+    def __init__(self, dataset, column: str, processor, augment: bool = False):
+        data = dataset.with_format(None)
+        self.images = list(data[column])
+        self.labels = np.asarray(data["labels"])
+        self.lengths = np.ones(len(self.labels), dtype=np.int64)  # no padding: every image is one size after processing
+        self.processor = processor
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @classmethod
+    def concat(cls, first: "ImageBatcher", second: "ImageBatcher") -> "ImageBatcher":
+        """Train + validation as one training set (retraining); augmented like train."""
+        joined = cls.__new__(cls)
+        joined.images = first.images + second.images
+        joined.labels = np.concatenate([first.labels, second.labels])
+        joined.lengths = np.concatenate([first.lengths, second.lengths])
+        joined.processor, joined.augment = first.processor, first.augment
+        return joined
+
+    def batch(self, indices, device: torch.device) -> dict[str, torch.Tensor]:
+        pictures = [open_image(self.images[int(i)]) for i in indices]
+        if self.augment:
+            pictures = [augment(p) for p in pictures]
+        pixels = self.processor(images=pictures, return_tensors="pt")["pixel_values"]
+        return {"pixel_values": pixels.to(device, non_blocking=True), "labels": label_tensor(self.labels[np.asarray(indices)], device)}
+
+
+def augment(image):
+    """A random crop of 80-100% of each side, then a horizontal flip half of the time.
+
+    Draws from Python's ``random``, which the training loop seeds per run, so
+    a trial sees the same augmented images when it is run again.
+    """
+    from PIL import Image
+
+    width, height = image.size
+    scale = random.uniform(MIN_CROP, 1.0)
+    w, h = max(1, round(width * scale)), max(1, round(height * scale))
+    left, top = random.randint(0, width - w), random.randint(0, height - h)
+    image = image.crop((left, top, left + w, top + h))
+    if random.random() < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return image
+
+
+def check(spec: StudySpec) -> dict[str, Any]:
+    """Cheap checks for ``hpo validate``: depth from the model's config, local images read and checked."""
+    check_freeze_depth(spec, model_depth(spec.model, images=True))
+    if spec.data.source == "hub":
+        return {"data": "hub dataset: checked at launch"}
+    splits = load_splits(spec.data, spec.seed)
+    class_weights(spec.class_weights, splits.train["labels"], splits.label_names)
+    report = splits.report.as_dict()
+    report["test"] = test_leakage(spec.data, splits.train_keys)
+    return {"train": len(splits.train), "validation": len(splits.validation), "labels": splits.label_names, "data_report": report}
+
+
+class ImageClassification(TextClassification):
+    images = True
+
+    def __init__(self, spec: StudySpec):
+        super().__init__(spec)
+        self.train.augment = spec.data.augment
+
+    def _batcher(self, dataset) -> ImageBatcher:
+        return ImageBatcher(dataset, self.spec.data.image_column, self.pretrained.tokenizer)

@@ -1,0 +1,72 @@
+"""``task: text-regression`` end to end on the tiny BERT: numeric labels, MSE, rmse/mae/r2/spearman."""
+
+from __future__ import annotations
+
+import random
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from conftest import FILLER, NEGATIVE, POSITIVE, hpo, study_dict, write_csv
+
+pytestmark = pytest.mark.slow
+
+
+def scored_sentences(n: int, seed: int) -> list[tuple[str, str]]:
+    """Three sentiment words each; the score is how many are positive (0-3), as a number."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        positives = rng.randint(0, 3)
+        words = rng.sample(FILLER, 4) + rng.sample(POSITIVE, positives) + rng.sample(NEGATIVE, 3 - positives)
+        rng.shuffle(words)
+        rows.append((" ".join(words), f"{positives:.1f}"))
+    return rows
+
+
+@pytest.fixture
+def regression_files(tmp_path):
+    header = ("text", "score")
+    return {
+        "train": write_csv(tmp_path / "train.csv", scored_sentences(160, 1), header),
+        "validation": write_csv(tmp_path / "validation.csv", scored_sentences(48, 2), header),
+        "test": write_csv(tmp_path / "test.csv", scored_sentences(48, 3), header),
+    }
+
+
+def test_regression_launches_and_reports_every_metric(tmp_path, tiny_model, regression_files):
+    study = study_dict(tiny_model, regression_files, name="sts", task="text-regression", metric="spearman", n_trials=3,
+                       storage=f"sqlite:///{tmp_path / 'hpo.db'}")
+    study["data"]["label_column"] = "score"
+    study["search_space"].update({"learning_rate": {"low": 3.0e-3, "high": 1.0e-2, "log": True}, "epochs": 2, "freeze_depth": 0})
+    path = tmp_path / "sts.yaml"
+    path.write_text(yaml.safe_dump(study))
+
+    validated = hpo("validate", str(path), "--offline", cwd=tmp_path)
+    assert validated.returncode == 0, validated.stderr
+    assert "spearman (maximize)" in validated.stdout
+    assert "labels    train: min 0" in validated.stdout  # a numeric summary, not classes
+
+    launched = hpo("launch", str(path), cwd=tmp_path)
+    assert launched.returncode == 0, launched.stderr
+    loaded = optuna.load_study(study_name="sts", storage=study["storage"])
+    assert loaded.direction == optuna.study.StudyDirection.MAXIMIZE
+    best = loaded.best_trial
+    assert set(best.user_attrs["best_metrics"]) == {"rmse", "mae", "r2", "spearman", "loss"}
+    assert best.value > 0.5, best.user_attrs["best_metrics"]  # ranks pairs by score far better than chance
+    assert best.user_attrs["best_metrics"]["loss"] == pytest.approx(best.user_attrs["best_metrics"]["rmse"] ** 2, rel=1e-3)
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in loaded.trials)
+
+
+def test_non_numeric_label_is_a_user_error(tmp_path, tiny_model, regression_files):
+    bad = write_csv(tmp_path / "bad.csv", scored_sentences(20, 5) + [("good tea", "high")], ("text", "score"))
+    study = study_dict(tiny_model, {**regression_files, "train": bad}, task="text-regression")
+    study["data"]["label_column"] = "score"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(study))
+    result = hpo("validate", str(path), "--offline", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "must hold numbers for a regression task; the train split has 'high'" in result.stderr
+    assert "Traceback" not in result.stderr
