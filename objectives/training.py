@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -261,7 +262,8 @@ def fine_tune(
     scorer = _Scorer(validation, runtime, eval_batch_size, num_labels, metric, maximize, on_eval, params.patience)
     rng = np.random.default_rng(seed)
     result = TrainResult()
-    losses: list[float] = []
+    # Per-step losses stay tensors: float() on each would wait for the GPU every step.
+    losses: deque[torch.Tensor] = deque(maxlen=max(1, steps_per_epoch))
     seen = 0
     micro = 0  # batches since the last optimizer step
     train_start = time.perf_counter()
@@ -282,7 +284,7 @@ def fine_tune(
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 micro = 0
-            losses.append(float(loss.detach()))
+            losses.append(loss.detach())
             if on_batch:
                 on_batch(seen, total_examples)
             while targets and seen >= targets[0] and not result.stopped_early:
@@ -295,8 +297,7 @@ def fine_tune(
             break
     result.train_seconds += time.perf_counter() - train_start
     result.examples_seen = seen
-    tail = losses[-max(1, steps_per_epoch):]
-    result.train_loss = float(np.mean(tail)) if tail else float("nan")
+    result.train_loss = float(torch.stack(list(losses)).float().mean()) if losses else float("nan")
     return result
 
 
