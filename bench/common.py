@@ -32,6 +32,7 @@ def demo_study(
     points_per_epoch: int = 2,
     search_space: dict[str, Any] | None = None,
     model: str = "demo",
+    data: dict[str, Any] | None = None,
 ):
     """The demo study (MiniLM-L6 on fine-food reviews), resized for a benchmark."""
     from hpo.spec import parse_spec
@@ -41,6 +42,7 @@ def demo_study(
         "metric": "accuracy",
         "data": {
             "source": "demo", "text_column": "review", "label_column": "score", "validation_fraction": 0.1,
+            **(data or {}),
             "max_length": max_length, "max_train_samples": train, "max_validation_samples": validation,
         },
         "sampler": sampler or {"type": "tpe", "n_startup_trials": 5},
@@ -56,7 +58,7 @@ def demo_study(
     })
 
 
-def plain_loop(model, batcher, batches, learning_rate: float, epochs: int, warmup_ratio: float = 0.1) -> float:
+def plain_loop(model, batcher, batches, learning_rate: float, epochs: int, warmup_ratio: float = 0.1, runtime=None) -> float:
     """The loop people write by hand: pad each batch, forward, backward, step. Returns seconds.
 
     Same batches (indices) and the same per-batch padding as hpo's loop, so the
@@ -65,9 +67,11 @@ def plain_loop(model, batcher, batches, learning_rate: float, epochs: int, warmu
     import torch
     from transformers import get_scheduler
 
+    device = runtime.device if runtime else torch.device("cpu")
+    dtype = runtime.autocast_dtype if runtime else None
     pad = batcher.pad
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, fused=device.type == "cuda")
     total = len(batches) * epochs
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=round(warmup_ratio * total), num_training_steps=total)
     start = time.perf_counter()
@@ -79,11 +83,15 @@ def plain_loop(model, batcher, batches, learning_rate: float, epochs: int, warmu
                 for column, rows in batcher.inputs.items()
             }
             inputs["labels"] = torch.as_tensor(batcher.labels[indices])
-            loss = model(**inputs).loss
+            inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss = model(**inputs).loss
             loss.backward()
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 

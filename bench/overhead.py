@@ -31,35 +31,45 @@ def main() -> None:
     args = parser.parse_args()
     quiet(args.threads)
 
-    from hpo.runner import WorkerOptions, run_worker
-    from objectives import build
-
     with tempfile.TemporaryDirectory() as tmp:
         spec = demo_study(
             f"sqlite:///{tmp}/bench.db", n_trials=args.trials, train=args.train, validation=args.validation,
             max_length=args.max_length, pruner={"type": "none"}, sampler={"type": "tpe", "n_startup_trials": 2, "seed": 0},
         )
-        start = time.perf_counter()
-        objective = build(spec)
-        setup = time.perf_counter() - start
+        print(split_worker_loop(spec))
 
-        copy_seconds = []
-        new_model = objective.new_model
 
-        def timed_new_model(params, seed):
-            begin = time.perf_counter()
-            model = new_model(params, seed)
-            copy_seconds.append(time.perf_counter() - begin)
-            return model
+def split_worker_loop(spec, watch=None) -> str:
+    """Run the study with the real objective; a Markdown report of where the worker's time went.
 
-        objective.new_model = timed_new_model
-        opened: list[float] = []
+    ``watch`` is an optional context manager around the worker loop (GPU sampling).
+    """
+    import contextlib
+
+    import optuna
+
+    from hpo.runner import WorkerOptions, run_worker
+    from objectives import build
+
+    start = time.perf_counter()
+    objective = build(spec)
+    setup = time.perf_counter() - start
+
+    copy_seconds = []
+    new_model = objective.new_model
+
+    def timed_new_model(params, seed):
+        begin = time.perf_counter()
+        model = new_model(params, seed)
+        copy_seconds.append(time.perf_counter() - begin)
+        return model
+
+    objective.new_model = timed_new_model
+    opened: list[float] = []
+    with watch or contextlib.nullcontext():
         run_worker(spec, objective, WorkerOptions(on_study_open=lambda study: opened.append(time.perf_counter())))
         loop = time.perf_counter() - opened[0]
-
-        import optuna
-
-        trials = optuna.load_study(study_name=spec.name, storage=spec.storage).get_trials(deepcopy=False)
+    trials = optuna.load_study(study_name=spec.name, storage=spec.storage).get_trials(deepcopy=False)
     train = sum(t.user_attrs["train_seconds"] for t in trials)
     evaluation = sum(t.user_attrs["eval_seconds"] for t in trials)
     copies = sum(copy_seconds)
@@ -71,12 +81,13 @@ def main() -> None:
         ["claim, sampling, storage, gc", f"{rest:.2f}", f"{100 * rest / loop:.2f}%"],
         ["**outside training and evaluation**", f"{copies + rest:.2f}", f"**{100 * (copies + rest) / loop:.2f}%**"],
     ]
-    print(f"{len(trials)} trials, {len(objective.train)} train / {len(objective.validation)} validation reviews, "
-          f"max_length {args.max_length}; worker loop {loop:.1f} s; setup once per worker (data, tokenizer cache, "
-          f"weights) {setup:.1f} s\n")
-    print(table(["part of the worker loop", "seconds", "share"], rows))
-    print(f"\nper trial: {(copies + rest) / len(trials):.2f} s outside training and evaluation (goal: <= 3% of the trial)")
-
+    return "\n".join([
+        f"{len(trials)} trials, {len(objective.train)} train / {len(objective.validation)} validation examples, "
+        f"max_length {spec.data.max_length}; worker loop {loop:.1f} s; setup once per worker (data, tokenizer cache, "
+        f"weights) {setup:.1f} s\n",
+        table(["part of the worker loop", "seconds", "share"], rows),
+        f"\nper trial: {(copies + rest) / len(trials):.2f} s outside training and evaluation (goal: <= 3% of the trial)",
+    ])
 
 if __name__ == "__main__":
     main()

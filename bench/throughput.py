@@ -28,47 +28,72 @@ def main() -> None:
     args = parser.parse_args()
     quiet(args.threads)
 
-    import numpy as np
     import torch
 
-    from hpo.params import TrainingParams
     from objectives import build
-    from objectives.training import batch_order
 
     with tempfile.TemporaryDirectory() as tmp:
         spec = demo_study(f"sqlite:///{tmp}/bench.db", train=args.train, max_length=args.max_length)
         objective = build(spec)
-    params = TrainingParams(learning_rate=1e-4, batch_size=args.batch_size, epochs=1, freeze_depth=0, warmup_ratio=0.1)
+    print(f"{len(objective.train)} reviews, max_length {args.max_length}, batch {args.batch_size}, torch threads {torch.get_num_threads()}")
+    rows, ratios = compare(objective, spec.seed, args.batch_size, args.repeats)
+    print()
+    print(table(["pair", "plain ex/s", "hpo ex/s", "hpo / plain"], rows))
+    print(f"\nmedian hpo / plain: {median(ratios):.3f} (goal >= 0.95)")
+
+
+def compare(objective, seed: int, batch_size: int, repeats: int, watch=None):
+    """Alternate hpo's loop and the plain loop; rows of (pair, plain ex/s, hpo ex/s, ratio).
+
+    ``watch(name)`` is an optional context manager around each run (GPU sampling).
+    """
+    import contextlib
+
+    import numpy as np
+    import torch
+
+    from hpo.params import TrainingParams
+    from objectives.training import batch_order
+
+    watch = watch or (lambda name: contextlib.nullcontext())
+    params = TrainingParams(learning_rate=1e-4, batch_size=batch_size, epochs=1, freeze_depth=0, warmup_ratio=0.1)
     train = objective.train
-    batches = batch_order(train.lengths, args.batch_size, np.random.default_rng(spec.seed), True)
+    batches = batch_order(train.lengths, batch_size, np.random.default_rng(seed), True)
     n = len(train)
-    print(f"{n} reviews, max_length {args.max_length}, batch {args.batch_size}, torch threads {torch.get_num_threads()}")
+
+    def sync() -> None:
+        if objective.runtime.device.type == "cuda":
+            torch.cuda.synchronize()
 
     def run_hpo() -> float:
         model = fresh(objective)
-        start = time.perf_counter()
-        result = objective.train_model(model, params, spec.seed)
-        assert result.examples_seen == n
-        return time.perf_counter() - start
+        sync()
+        with watch("hpo"):
+            start = time.perf_counter()
+            result = objective.train_model(model, params, seed)
+            sync()
+            seconds = time.perf_counter() - start
+        if result.examples_seen != n:
+            raise RuntimeError(f"hpo's loop saw {result.examples_seen} examples, not {n}")
+        return seconds
 
     def run_plain() -> float:
         model = fresh(objective)
-        torch.manual_seed(spec.seed)
-        return plain_loop(model, train, batches, params.learning_rate, params.epochs)
+        torch.manual_seed(seed)
+        sync()
+        with watch("plain"):
+            return plain_loop(model, train, batches, params.learning_rate, params.epochs, runtime=objective.runtime)
 
     run_plain()  # warm-up: first-touch allocations and kernel selection, not counted
     rows, ratios = [], []
-    for repeat in range(args.repeats):
+    for repeat in range(repeats):
         order = (("plain", run_plain), ("hpo", run_hpo)) if repeat % 2 == 0 else (("hpo", run_hpo), ("plain", run_plain))
         seconds = {name: fn() for name, fn in order}
         ratio = seconds["plain"] / seconds["hpo"]
         ratios.append(ratio)
         rows.append([repeat + 1, f"{n / seconds['plain']:.1f}", f"{n / seconds['hpo']:.1f}", f"{ratio:.3f}"])
         print(rows[-1], flush=True)
-    print()
-    print(table(["pair", "plain ex/s", "hpo ex/s", "hpo / plain"], rows))
-    print(f"\nmedian hpo / plain: {median(ratios):.3f} (goal >= 0.95)")
-
+    return rows, ratios
 
 if __name__ == "__main__":
     main()
