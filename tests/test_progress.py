@@ -113,3 +113,13 @@ def test_snapshot_and_panel_show_a_running_trial(launched_study, tmp_path):
     assert f"#{trial.number}" in text and "100/320 examples, accuracy 0.7500" in text
     assert f"#{study.best_trial.number} accuracy {study.best_value:.4f}" in text
     assert re.search(r"~\d+m\d\ds left", text)
+
+
+def test_one_panel_for_several_workers(make_study, tmp_path):
+    """The parent draws one panel from the storage; its worker processes keep quiet in the shared terminal."""
+    path = make_study(name="team", n_trials=3)
+    screen = ANSI.sub("", _run_in_terminal(["launch", str(path), "--workers", "2"], tmp_path))
+    assert "starting 2 workers: worker-0, worker-1" in screen
+    assert re.search(r"\d/3 finished: \d complete, \d pruned; \d failed, \d running", screen), screen[-3000:]
+    assert "[worker-0] trial" not in screen and "[worker-1] trial" not in screen  # no per-worker lines under the panel
+    assert re.search(r"^study\s+team", screen, re.M) and "3/3 finished" in screen
