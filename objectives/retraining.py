@@ -98,7 +98,7 @@ def retrain(objective, params: TrainingParams, seed: int, *, on: str, epochs: fl
     model = objective.new_model(params, seed)
     try:
         if on == "train+validation":
-            train = Batcher.concat(objective.train, objective.validation)
+            train = type(objective.train).concat(objective.train, objective.validation)  # text or image batches
             limit = min(max(1, round(epochs * len(train))), len(train) * params.epochs)
             progress = _Progress(f"seed {seed} on train+validation", len(train))
             result = objective.train_model(model, params, seed, train=train, max_examples=limit, on_batch=progress)

@@ -93,6 +93,12 @@ def test_vit_on_an_image_folder_launches_and_learns(images, vision_models, tmp_p
     assert len([t for t in study.trials if t.state.is_finished()]) == 2
     assert study.best_value >= 0.9, [t.user_attrs.get("best_metrics") for t in study.trials]
     assert study.user_attrs["label_names"] == ["blue", "red"] and study.user_attrs["model_depth"] == 2
+    assert study.user_attrs["data_report"]["splits"]["validation"]["used"] == 20
+
+    retrained = hpo("retrain", str(path), "--seeds", "0", cwd=tmp_path)
+    assert retrained.returncode == 0, retrained.stderr
+    model_dir = tmp_path / "retrained" / "pictures" / "model"
+    assert (model_dir / "preprocessor_config.json").is_file(), "the image processor is saved with the model"
 
 
 def test_resnet_from_a_csv_of_paths_freezes_the_stem_and_bottom_stage(images, vision_models, tmp_path):

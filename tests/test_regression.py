@@ -58,6 +58,12 @@ def test_regression_launches_and_reports_every_metric(tmp_path, tiny_model, regr
     assert best.value > 0.5, best.user_attrs["best_metrics"]  # ranks pairs by score far better than chance
     assert best.user_attrs["best_metrics"]["loss"] == pytest.approx(best.user_attrs["best_metrics"]["rmse"] ** 2, rel=1e-3)
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in loaded.trials)
+    assert loaded.user_attrs["data_report"]["splits"]["train"]["used"] == 160
+
+    retrained = hpo("retrain", str(path), "--seeds", "0", cwd=tmp_path)
+    assert retrained.returncode == 0, retrained.stderr
+    record = optuna.load_study(study_name="sts", storage=study["storage"]).user_attrs["retrain"]
+    assert "spearman" in str(record) and "rmse" in str(record), record
 
 
 def test_non_numeric_label_is_a_user_error(tmp_path, tiny_model, regression_files):
