@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import shutil
 
 import numpy as np
@@ -140,3 +141,21 @@ def test_augmentation_is_switchable(images, vision_models, tmp_path):
     assert torch.equal(plain.train.batch([0, 1, 2], cpu)["pixel_values"], plain.train.batch([0, 1, 2], cpu)["pixel_values"])
     assert torch.equal(augmented.validation.batch([0], cpu)["pixel_values"], plain.validation.batch([0], cpu)["pixel_values"]), \
         "validation images are never augmented"
+
+
+def test_images_stored_in_the_data_file_as_hub_datasets_ship_them(images, vision_models, tmp_path):
+    """A parquet file with an Image column (bytes inside, as on the hub) reads, dedupes and trains."""
+    import datasets
+
+    for split in ("train", "validation"):
+        paths = sorted((images / split).rglob("*.png"))
+        rows = {"image": [{"bytes": p.read_bytes(), "path": None} for p in paths], "label": [p.parent.name for p in paths]}
+        features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")})
+        table = datasets.Dataset.from_dict(rows, features=features)
+        table.to_parquet(str(tmp_path / f"{split}.parquet"))
+    data = {"source": "parquet", "train": str(tmp_path / "train.parquet"), "validation": str(tmp_path / "validation.parquet")}
+    objective = build(parse_spec(_study(vision_models["vit"], data, tmp_path)))
+    assert objective.data_report["splits"]["train"]["used"] == 48
+    params = TrainingParams(learning_rate=5e-3, batch_size=8, epochs=1, freeze_depth=0)
+    result = objective.train_model(objective.new_model(params, 0), params, 0, validation=objective.validation)
+    assert result.best is not None and math.isfinite(result.train_loss)
