@@ -51,6 +51,26 @@ def freeze(model: nn.Module, freeze_depth: int) -> None:
     for layer in layers[:freeze_depth]:
         for parameter in layer.parameters():
             parameter.requires_grad_(False)
+    _freeze_batch_norm_statistics(model, layers[:freeze_depth])
+
+
+def _freeze_batch_norm_statistics(model: nn.Module, frozen_layers) -> None:
+    """Batch norms of a frozen stem or stage (ResNet, ConvNeXt-likes) keep their running statistics.
+
+    Their weights stop with requires_grad, but running means and variances
+    are buffers that training mode updates anyway; momentum 0 keeps them, so
+    a frozen stage stays exactly the pretrained one.
+    """
+    base = getattr(model, "base_model", model)
+    stack_ids = {id(m) for m in layer_stack(model).modules()}
+    stem = []
+    for module in base.modules():
+        if id(module) in stack_ids:
+            break
+        stem.append(module)
+    for module in [*stem, *(m for layer in frozen_layers for m in layer.modules())]:
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = 0.0
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
