@@ -76,3 +76,22 @@ def test_non_numeric_label_is_a_user_error(tmp_path, tiny_model, regression_file
     assert result.returncode == 2
     assert "must hold numbers for a regression task; the train split has 'high'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_stalled_regression_trial_is_pruned_on_rmse(tmp_path, tiny_model, regression_files):
+    """rmse is minimised: the pruner must see the trial that learns nothing as the worse one."""
+    from hpo.runner import WorkerOptions, run_worker
+    from hpo.spec import parse_spec
+    from objectives import build
+
+    study = study_dict(tiny_model, regression_files, task="text-regression", n_trials=2, storage=f"sqlite:///{tmp_path / 'hpo.db'}")
+    study["data"]["label_column"] = "score"
+    spec = parse_spec(study)
+    assert (spec.metric, spec.direction) == ("rmse", "minimize")
+    created = optuna.create_study(study_name=spec.name, storage=spec.storage, direction="minimize")
+    created.enqueue_trial({"learning_rate": 1e-2, "batch_size": 16, "epochs": 2, "freeze_depth": 0})
+    # A learning rate this small leaves the new head near 0: rmse stays at the labels' root mean square.
+    created.enqueue_trial({"learning_rate": 1e-9, "batch_size": 16, "epochs": 2, "freeze_depth": 2})
+    run_worker(spec, build(spec), WorkerOptions())
+    trials = optuna.load_study(study_name=spec.name, storage=spec.storage).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED], [t.intermediate_values for t in trials]
