@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from hpo.params import TrainingParams
-from objectives.training import Batcher, EvalPoint, evaluate
+from objectives.training import EvalPoint, evaluate
 
 log = logging.getLogger("objectives.retrain")
 

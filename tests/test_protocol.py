@@ -138,3 +138,33 @@ def test_momentum_is_drawn_only_with_sgd(tiny_model, tiny_data):
     assert set(optimizers) == {"adamw", "sgd"}
     for trial in drawn.trials:
         assert ("momentum" in trial.params) == (trial.params["optimizer"] == "sgd"), trial.params
+
+
+def test_new_dimensions_are_searched_recorded_and_exported(make_study, tmp_path):
+    import yaml
+
+    from conftest import hpo
+
+    path = make_study(name="knobs", n_trials=2, sampler={"type": "random", "seed": 3}, class_weights="balanced")
+    study = yaml.safe_load(path.read_text())
+    study["search_space"].update({
+        "epochs": 1, "optimizer": {"choices": ["sgd"]}, "momentum": {"low": 0.5, "high": 0.9},
+        "dropout": {"low": 0.0, "high": 0.2}, "label_smoothing": {"choices": [0.0, 0.1]},
+        "gradient_accumulation_steps": {"choices": [1, 2]}, "patience": 1, "lr_scheduler": {"choices": ["cosine", "constant"]},
+    })
+    path.write_text(yaml.safe_dump(study))
+    validated = hpo("validate", str(path), "--offline", cwd=tmp_path)
+    assert "float [0.5, 0.9] (only when optimizer is sgd)" in validated.stdout, validated.stdout + validated.stderr
+    launched = hpo("launch", str(path), cwd=tmp_path)
+    assert launched.returncode == 0, launched.stderr
+    storage = f"sqlite:///{tmp_path / 'hpo.db'}"
+    best = optuna.load_study(study_name="knobs", storage=storage).best_trial
+    assert set(best.params) >= {"optimizer", "momentum", "dropout", "label_smoothing", "gradient_accumulation_steps", "lr_scheduler"}
+    assert "stopped_early" in best.user_attrs
+
+    exported = hpo("export", str(path), "-o", str(tmp_path / "best.yaml"), cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    pinned = yaml.safe_load((tmp_path / "best.yaml").read_text())["search_space"]
+    for name, value in best.params.items():
+        assert pinned[name] == value
+    assert pinned["patience"] == 1

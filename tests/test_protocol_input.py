@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import yaml
 
-from conftest import hpo
 from test_bad_input import _launch_writes_nothing
 
 
@@ -38,12 +37,3 @@ def test_missing_image_folder_and_images_for_a_text_task(make_study, tmp_path):
     path = make_study(data={"source": "imagefolder", "train": str(tmp_path)})
     _launch_writes_nothing(path, tmp_path, "data.source: imagefolder holds images: use task image-classification")
 
-
-def test_validate_shows_the_condition_of_momentum(make_study, tmp_path):
-    path = make_study()
-    study = yaml.safe_load(path.read_text())
-    study["search_space"].update({"optimizer": {"choices": ["adamw", "sgd"]}, "momentum": {"low": 0.8, "high": 0.99}})
-    path.write_text(yaml.safe_dump(study))
-    result = hpo("validate", str(path), "--offline", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "float [0.8, 0.99] (only when optimizer is sgd)" in result.stdout
