@@ -162,3 +162,25 @@ def test_images_stored_in_the_data_file_as_hub_datasets_ship_them(images, vision
     params = TrainingParams(learning_rate=5e-3, batch_size=8, epochs=1, freeze_depth=0)
     result = objective.train_model(objective.new_model(params, 0), params, 0, validation=objective.validation)
     assert result.best is not None and math.isfinite(result.train_loss)
+
+
+VISION_FAMILIES = {
+    "resnet": ("ResNetConfig", "ResNetForImageClassification", dict(embedding_size=8, hidden_sizes=[8, 16, 24], depths=[1, 1, 1]), ("ResNetStage", "embedder")),
+    "convnext": ("ConvNextConfig", "ConvNextForImageClassification", dict(num_stages=3, hidden_sizes=[8, 16, 24], depths=[1, 1, 2]), ("ConvNextStage", "embeddings")),
+    "vit": ("ViTConfig", "ViTForImageClassification", dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64), ("ViTLayer", "embeddings")),
+    "swin": ("SwinConfig", "SwinForImageClassification", dict(image_size=32, patch_size=4, embed_dim=8, depths=[1, 1, 1], num_heads=[1, 1, 1], window_size=2), ("SwinStage", "embeddings")),
+}
+
+
+@pytest.mark.parametrize("family", sorted(VISION_FAMILIES))
+def test_stages_or_blocks_are_found_in_every_vision_family(family):
+    import transformers
+
+    config_name, model_name, sizes, (layer_type, stem) = VISION_FAMILIES[family]
+    model = getattr(transformers, model_name)(getattr(transformers, config_name)(num_labels=2, **sizes))
+    assert freezing.depth(model) == 3 and type(freezing.layer_stack(model)[0]).__name__ == layer_type
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(f".{stem}." in names[id(p)] for p in freezing.embedding_parameters(model))
+    freezing.freeze(model, 3)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith("classifier") or ".encoder." not in n for n in trainable), trainable
