@@ -52,7 +52,7 @@ def check(spec: StudySpec) -> dict[str, Any]:
     check_freeze_depth(spec, model_depth(spec.model))
     if spec.data.source == "hub":
         return {"data": "hub dataset: checked at launch"}
-    splits = load_splits(spec.data, spec.seed)
+    splits = load_splits(spec.data, spec.seed, numeric_labels=spec.task == "text-regression")
     class_weights(spec.class_weights, splits.train["labels"], splits.label_names)
     report = splits.report.as_dict()
     report["test"] = test_leakage(spec.data, splits.train_keys)
@@ -60,12 +60,15 @@ def check(spec: StudySpec) -> dict[str, Any]:
 
 
 class TextClassification:
+    regression = False  # TextRegression: numeric labels, one output, mean squared error
+    images = False  # ImageClassification: an image model and its image processor
+
     def __init__(self, spec: StudySpec):
         self.spec = spec
         self.runtime = pick_runtime(spec.runtime.device, spec.runtime.precision)
         if spec.runtime.num_threads:
             torch.set_num_threads(spec.runtime.num_threads)
-        splits = load_splits(spec.data, spec.seed)
+        splits = load_splits(spec.data, spec.seed, numeric_labels=self.regression)
         self.label_names = splits.label_names
         self.dropped = splits.dropped
         self.data_report = splits.report.as_dict()
@@ -73,7 +76,7 @@ class TextClassification:
         self.class_weights = class_weights(spec.class_weights, splits.train["labels"], splits.label_names)
         for warning in self.data_report["warnings"]:
             log.warning("data: %s", warning)
-        self.pretrained = load_pretrained(spec.model, splits.label_names)
+        self.pretrained = load_pretrained(spec.model, splits.label_names, regression=self.regression, images=self.images)
         self.depth = freezing.depth(self.pretrained.model)
         check_freeze_depth(spec, self.depth)
         self.train = self._batcher(splits.train)
@@ -132,7 +135,7 @@ class TextClassification:
 
     def test_batcher(self) -> Batcher:
         """The held-out split; only retrain calls this, after the search."""
-        return self._batcher(load_test(self.spec.data, self.label_names, train_keys=self.train_keys))
+        return self._batcher(load_test(self.spec.data, self.label_names, numeric_labels=self.regression, train_keys=self.train_keys))
 
     # --- retrain: called by hpo.retrain once the search is over -------------
 
