@@ -271,7 +271,7 @@ def _test_keys_only(data: DataSpec, key_columns: tuple[str, ...]):
     return row_keys(dataset, key_columns)
 
 
-def test_leakage(data: DataSpec, train_keys: set, key_columns: tuple[str, ...] | None = None) -> dict[str, Any]:
+def count_test_leaks(data: DataSpec, train_keys: set, key_columns: tuple[str, ...] | None = None) -> dict[str, Any]:
     """How many test rows also occur in train, reading only the test inputs, never its labels.
 
     Used by ``hpo validate`` (not by the search): knowing that a test text was

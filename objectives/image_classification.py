@@ -21,7 +21,7 @@ import torch
 
 from hpo.spec import StudySpec
 from objectives.classweights import class_weights
-from objectives.data import load_splits, test_leakage
+from objectives.data import load_splits, count_test_leaks
 from objectives.imagefiles import open_image
 from objectives.model import model_depth
 from objectives.text_classification import TextClassification, check_freeze_depth
@@ -89,7 +89,7 @@ def check(spec: StudySpec) -> dict[str, Any]:
     splits = load_splits(spec.data, spec.seed)
     class_weights(spec.class_weights, splits.train["labels"], splits.label_names)
     report = splits.report.as_dict()
-    report["test"] = test_leakage(spec.data, splits.train_keys)
+    report["test"] = count_test_leaks(spec.data, splits.train_keys)
     return {"train": len(splits.train), "validation": len(splits.validation), "labels": splits.label_names, "data_report": report}
 
 

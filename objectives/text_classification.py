@@ -21,7 +21,7 @@ import torch
 from hpo.params import TrainingParams
 from hpo.spec import StudySpec
 from objectives import freezing, retraining
-from objectives.data import load_splits, load_test, test_leakage
+from objectives.data import load_splits, load_test, count_test_leaks
 from objectives.errors import ObjectiveError
 from objectives.classweights import class_weights
 from objectives.model import load_pretrained, model_depth, set_dropout
@@ -55,7 +55,7 @@ def check(spec: StudySpec) -> dict[str, Any]:
     splits = load_splits(spec.data, spec.seed, numeric_labels=spec.task == "text-regression")
     class_weights(spec.class_weights, splits.train["labels"], splits.label_names)
     report = splits.report.as_dict()
-    report["test"] = test_leakage(spec.data, splits.train_keys)
+    report["test"] = count_test_leaks(spec.data, splits.train_keys)
     return {"train": len(splits.train), "validation": len(splits.validation), "labels": splits.label_names, "data_report": report}
 
 
