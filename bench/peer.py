@@ -66,13 +66,16 @@ def run_hpo(args, tmp: str) -> dict:
     _, trials = run_study(spec, build(spec))
     wall = time.perf_counter() - start
     best = max((t for t in trials if t.value is not None), key=lambda t: t.value)
+    import torch
+
     return {"wall": wall, "best": best_value(trials), "params": best.params,
-            "pruned": sum(t.state.name == "PRUNED" for t in trials), "trials": len(trials)}
+            "pruned": sum(t.state.name == "PRUNED" for t in trials), "trials": len(trials), "threads": torch.get_num_threads()}
 
 
 def run_peer(args, tmp: str) -> dict:
     import numpy as np
     import optuna
+    import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
 
     from objectives.data import load_splits
@@ -113,14 +116,18 @@ def run_peer(args, tmp: str) -> dict:
         model_init=model_init, args=training_args, train_dataset=train, eval_dataset=validation,
         processing_class=tokenizer, compute_metrics=accuracy,
     )
+    storage = optuna.storages.InMemoryStorage()  # ours, so that its trials can be counted afterwards
     best = trainer.hyperparameter_search(
         hp_space=hp_space, compute_objective=lambda metrics: metrics["eval_accuracy"], n_trials=args.trials,
         direction="maximize", backend="optuna",
         sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=3),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2),
+        storage=storage, study_name="peer",
     )
     wall = time.perf_counter() - start
-    return {"wall": wall, "best": best.objective, "params": best.hyperparameters, "pruned": None, "trials": args.trials}
+    trials = optuna.load_study(study_name="peer", storage=storage).trials
+    return {"wall": wall, "best": best.objective, "params": best.hyperparameters,
+            "pruned": sum(t.state.name == "PRUNED" for t in trials), "trials": len(trials), "threads": torch.get_num_threads()}
 
 
 def main() -> None:
@@ -157,10 +164,10 @@ def main() -> None:
         ratios.append(ratio)
         rows.append([
             repeat + 1, f"{results['hpo']['wall']:.0f}", f"{results['peer']['wall']:.0f}", f"{ratio:.2f}",
-            f"{results['hpo']['best']:.4f}", f"{results['peer']['best']:.4f}", results["hpo"]["pruned"],
+            f"{results['hpo']['best']:.4f}", f"{results['peer']['best']:.4f}", results["hpo"]["pruned"], results["peer"]["pruned"],
         ])
     print()
-    print(table(["run", "hpo s", "peer s", "hpo / peer", "hpo best", "peer best", "hpo pruned"], rows))
+    print(table(["run", "hpo s", "peer s", "hpo / peer", "hpo best", "peer best", "hpo pruned", "peer pruned"], rows))
     print(f"\nmedian wall ratio hpo / peer: {median(ratios):.2f} (goal <= 0.6 at an equal or better best score)")
 
 
