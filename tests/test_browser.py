@@ -1,14 +1,10 @@
 """The dashboard in a real browser: headless Chromium opens the study page and shows the study.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (CI installs them). Like
-PostgreSQL, a missing browser is a failure, never a skip. Set
-``HPO_DOCS_DIR=docs`` to keep the screenshot for the README.
+PostgreSQL, a missing browser is a failure, never a skip.
 """
 
 from __future__ import annotations
-
-import os
-import shutil
 
 import pytest
 
@@ -42,5 +38,3 @@ def test_study_page_shows_the_study_in_chromium(launched_study, browser, tmp_pat
         status, _ = request(base(url) + "/api/studies", "POST", {"study_name": "x", "directions": ["minimize"]})
         assert status == 403  # ...while changes are refused
     assert shot.read_bytes().startswith(PNG_SIGNATURE) and shot.stat().st_size > 10_000
-    if os.environ.get("HPO_DOCS_DIR"):
-        shutil.copy(shot, os.path.join(os.environ["HPO_DOCS_DIR"], "dashboard.png"))

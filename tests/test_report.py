@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 
@@ -56,8 +55,6 @@ def test_report_writes_html_and_valid_images(launched_study, tmp_path):
         width, height = _valid_png(out / name)
         assert width > 300 and height > 200
     assert not re.search(r'(src|href)="https?://', html), "the report must not need the network"
-    if os.environ.get("HPO_DOCS_DIR"):
-        shutil.copy(out / "learning_curves.png", os.path.join(os.environ["HPO_DOCS_DIR"], "report-learning-curves.png"))
 
 
 def test_report_without_a_study_is_a_clear_error(make_study, tmp_path):
