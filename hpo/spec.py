@@ -284,7 +284,7 @@ class StudySpec(Strict):
     n_trials: int = Field(ge=1)  # global budget: finished trials across all launches and workers
     timeout: float | None = Field(None, gt=0)  # seconds, per launch
     trial_timeout: float | None = Field(None, gt=0)  # seconds one trial may run before it is failed
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # numpy and torch take seeds in 0..2**32-1
     model: str = Field(min_length=1)  # hub id, local directory, or "demo"
     task: Literal[TASKS] = "text-classification"  # type: ignore[valid-type]
     data: DataSpec
