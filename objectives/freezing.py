@@ -25,16 +25,21 @@ def depth(model: nn.Module) -> int:
     return len(layer_stack(model))
 
 
-def embedding_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Base-model parameters registered before the first layer of the stack."""
-    base = getattr(model, "base_model", model)
-    stack_ids = {id(p) for p in layer_stack(model).parameters()}
+def _before_stack(items, stack_items) -> list:
+    """Items the base model registers before the first one that belongs to the stack."""
+    stack_ids = {id(item) for item in stack_items}
     before = []
-    for parameter in base.parameters():
-        if id(parameter) in stack_ids:
+    for item in items:
+        if id(item) in stack_ids:
             break
-        before.append(parameter)
+        before.append(item)
     return before
+
+
+def embedding_parameters(model: nn.Module, layers: nn.ModuleList | None = None) -> list[nn.Parameter]:
+    """Base-model parameters registered before the first layer of the stack."""
+    layers = layers if layers is not None else layer_stack(model)
+    return _before_stack(getattr(model, "base_model", model).parameters(), layers.parameters())
 
 
 def freeze(model: nn.Module, freeze_depth: int) -> None:
@@ -46,29 +51,23 @@ def freeze(model: nn.Module, freeze_depth: int) -> None:
         parameter.requires_grad_(True)
     if freeze_depth == 0:
         return
-    for parameter in embedding_parameters(model):
+    for parameter in embedding_parameters(model, layers):
         parameter.requires_grad_(False)
     for layer in layers[:freeze_depth]:
         for parameter in layer.parameters():
             parameter.requires_grad_(False)
-    _freeze_batch_norm_statistics(model, layers[:freeze_depth])
+    _freeze_batch_norm_statistics(model, layers, freeze_depth)
 
 
-def _freeze_batch_norm_statistics(model: nn.Module, frozen_layers) -> None:
+def _freeze_batch_norm_statistics(model: nn.Module, layers: nn.ModuleList, freeze_depth: int) -> None:
     """Batch norms of a frozen stem or stage (ResNet, ConvNeXt-likes) keep their running statistics.
 
     Their weights stop with requires_grad, but running means and variances
     are buffers that training mode updates anyway; momentum 0 keeps them, so
     a frozen stage stays exactly the pretrained one.
     """
-    base = getattr(model, "base_model", model)
-    stack_ids = {id(m) for m in layer_stack(model).modules()}
-    stem = []
-    for module in base.modules():
-        if id(module) in stack_ids:
-            break
-        stem.append(module)
-    for module in [*stem, *(m for layer in frozen_layers for m in layer.modules())]:
+    stem = _before_stack(getattr(model, "base_model", model).modules(), layers.modules())
+    for module in [*stem, *(m for layer in layers[:freeze_depth] for m in layer.modules())]:
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.momentum = 0.0
 
