@@ -21,6 +21,7 @@ from optuna.storages import RDBStorage
 from sqlalchemy import exc as sa_exc
 
 from hpo.errors import StorageError
+from hpo.storage import first_line
 
 log = logging.getLogger("hpo.storage")
 
@@ -68,23 +69,15 @@ def call_with_retries(action: Callable[[], T], what: str, patience: float = DEFA
             if not is_transient(exc):
                 raise
             if time.monotonic() + wait > deadline:
-                reason = mask(_first_line(exc))
+                reason = mask(first_line(exc))
                 hint = ""
                 if "too many" in reason.lower():
                     hint = "; each worker holds at most 3 connections: run fewer workers or raise max_connections"
                 raise StorageError(f"storage: {what} failed for {patience:.0f}s: {reason}{hint}") from None
             if attempt == 1 or attempt % 5 == 0:
-                log.warning("database unavailable during %s (%s); retrying", what, mask(_first_line(exc)))
+                log.warning("database unavailable during %s (%s); retrying", what, mask(first_line(exc)))
             time.sleep(wait)
             wait = min(wait * 2, 2.0)
-
-
-def _first_line(exc: BaseException) -> str:
-    root = exc
-    while root.__cause__ is not None:
-        root = root.__cause__
-    text = str(getattr(root, "orig", None) or root).strip()
-    return text.splitlines()[0] if text else type(root).__name__
 
 
 class ResilientRDBStorage(RDBStorage):

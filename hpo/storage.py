@@ -45,6 +45,19 @@ def mask_text(message: str, url: str) -> str:
     return message.replace(url, mask_url(url))
 
 
+def first_line(exc: BaseException) -> str:
+    """The driver's own message, first line only: the root cause, not SQLAlchemy's wrapping."""
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    message = str(getattr(root, "orig", None) or root).strip()
+    return message.splitlines()[0] if message else type(root).__name__
+
+
+def _reason(exc: BaseException, url: str) -> str:
+    return mask_text(first_line(exc), url)
+
+
 def parse_url(url: str) -> URL:
     try:
         parsed = make_url(url)
@@ -100,8 +113,7 @@ def check_reachable(url: str) -> None:
             pass
         engine.dispose()
     except (SQLAlchemyError, ImportError, OSError) as exc:
-        reason = mask_text(str(getattr(exc, "orig", exc) or exc).strip().splitlines()[0], url)
-        raise StorageError(f"storage: cannot connect to {_where(parsed)}: {reason}") from None
+        raise StorageError(f"storage: cannot connect to {_where(parsed)}: {_reason(exc, url)}") from None
 
 
 def existing_direction(url: str, study_name: str) -> str | None:
@@ -123,8 +135,7 @@ def existing_direction(url: str, study_name: str) -> str | None:
                 {"name": study_name},
             ).first()
     except SQLAlchemyError as exc:
-        reason = mask_text(str(getattr(exc, "orig", exc)).strip().splitlines()[0], url)
-        raise StorageError(f"storage: cannot read {_where(parsed)}: {reason}") from None
+        raise StorageError(f"storage: cannot read {_where(parsed)}: {_reason(exc, url)}") from None
     finally:
         engine.dispose()
     if row is None:
@@ -172,8 +183,7 @@ def open_storage(
     try:
         store = call_with_retries(create, f"opening {_where(parsed)}", mask=lambda text: mask_text(text, url))
     except (SQLAlchemyError, OSError) as exc:
-        reason = mask_text(str(getattr(exc, "orig", exc)).strip().splitlines()[0], url)
-        raise StorageError(f"storage: cannot open {_where(parsed)}: {reason}") from None
+        raise StorageError(f"storage: cannot open {_where(parsed)}: {_reason(exc, url)}") from None
     store.mask = lambda text: mask_text(text, url)
     return store
 
