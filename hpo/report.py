@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo import __version__
 from hpo.fmt import cell, duration, format_params
 from hpo.plots import Figure, draw_all
-from hpo.runner import Counts
+from hpo.runner import Counts, ranked
 from hpo.spec import StudySpec
 
 TOP = 10
@@ -55,11 +55,6 @@ def _table(headers: list[str], rows: Iterable[list[Any]], classes: list[str] | N
         )
         body.append(f"<tr{cls}>{cells}</tr>")
     return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
-
-
-def ranked(study: optuna.Study) -> list[FrozenTrial]:
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return sorted(complete, key=lambda t: t.value, reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)
 
 
 def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:

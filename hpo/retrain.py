@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from hpo import atomic
 from hpo.errors import UserError
 from hpo.fmt import format_params, table
 from hpo.params import TrainingParams
+from hpo.runner import ranked
 from hpo.spec import RetrainSpec, StudySpec
 
 log = logging.getLogger("hpo.retrain")
@@ -105,10 +106,10 @@ def params_of(spec: StudySpec, trial: FrozenTrial) -> TrainingParams:
 
 def ranked_trials(study: optuna.Study, spec: StudySpec) -> list[FrozenTrial]:
     """Complete trials, best first (ties: the earlier trial); a clear error when there are none."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    complete = ranked(study)
     if not complete:
         raise UserError(f"study {spec.name!r} has no completed trial yet; run `hpo launch` until one completes")
-    return sorted(complete, key=lambda t: t.value, reverse=spec.direction == "maximize")
+    return complete
 
 
 def model_home(spec: StudySpec) -> Path:

@@ -184,6 +184,12 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
         return None
 
 
+def ranked(study: optuna.Study) -> list[FrozenTrial]:
+    """Complete trials, best first; ties keep trial order, so the earlier trial ranks higher."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return sorted(complete, key=lambda t: t.value, reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)
+
+
 def _claim(study: optuna.Study, spec: StudySpec) -> optuna.Trial | None:
     """Ask for a trial only while finished + running trials are under the budget.
 

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from hpo import retrain, storage
 from hpo.cli import common
 from hpo.errors import StorageError
-from hpo.runner import Counts
+from hpo.runner import Counts, ranked
 from hpo.spec import StudySpec
 
 
@@ -30,11 +30,6 @@ def load_existing(spec: StudySpec) -> optuna.Study:
     return optuna.load_study(study_name=spec.name, storage=storage.open_storage(spec.storage))
 
 
-def _ranked(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return sorted(complete, key=lambda t: t.value, reverse=study.direction.name == "MAXIMIZE")
-
-
 def study_report(spec: StudySpec, top: int = 5) -> str:
     study = load_existing(spec)
     trials = study.get_trials(deepcopy=False)
@@ -44,9 +39,9 @@ def study_report(spec: StudySpec, top: int = 5) -> str:
         f"trials  {counts.finished}/{spec.n_trials} finished: {counts.complete} complete, {counts.pruned} pruned; "
         f"{counts.failed} failed, {counts.running} running, {counts.waiting} waiting",
     ]
-    ranked = _ranked(study)
-    if ranked:
-        best = ranked[0]
+    top_trials = ranked(study)
+    if top_trials:
+        best = top_trials[0]
         where = best.user_attrs.get("best_examples")
         lines.append(
             f"best    #{best.number} {spec.metric} {best.value:.4f}"
@@ -55,7 +50,7 @@ def study_report(spec: StudySpec, top: int = 5) -> str:
         lines.append(f"        {common.format_params(best.params)}")
         rows = [
             [t.number, t.value, *[t.params.get(k) for k in spec.searched], t.user_attrs.get("wall_seconds")]
-            for t in ranked[:top]
+            for t in top_trials[:top]
         ]
         lines += ["", common.table(["#", spec.metric, *spec.searched, "seconds"], rows)]
     retrained = retrain.status_lines(retrain.recorded(study))
