@@ -211,7 +211,11 @@ def test_sigterm_fails_the_trial_as_preempted_and_requeues_it(make_study):
 
 
 def test_launch_with_two_cli_workers_on_the_tiny_model(make_study):
-    path = make_study(name="pair", n_trials=4)
+    # Trials of a few seconds each: long enough that the second worker, however slow
+    # to start on a busy machine, is there before the first has spent the budget alone.
+    path = make_study(name="pair", n_trials=4, search_space={
+        "learning_rate": 3.0e-3, "batch_size": 16, "epochs": 25, "freeze_depth": {"low": 0, "high": 1},
+    })
     result = hpo("launch", str(path), "--workers", "2", cwd=path.parent)
     assert result.returncode == 0, result.stderr
     assert "starting 2 workers: worker-0, worker-1" in result.stdout
