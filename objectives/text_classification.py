@@ -160,11 +160,13 @@ class TextClassification:
         model = self.new_model(params, self.spec.seed)
         trainable, total = freezing.count_parameters(model)
         metric = self.spec.metric
+        last_point = len(self.train) * params.epochs
 
         def on_eval(point) -> None:
             trial.report(point.metrics[metric], step=point.examples)
             log.info("trial %d: %s %.4f after %d examples (epoch %.2f)", trial.number, metric, point.metrics[metric], point.examples, point.epoch)
-            if trial.should_prune():
+            # At the last point the training is paid for: pruning would only throw the result away.
+            if point.examples < last_point and trial.should_prune():
                 raise optuna.TrialPruned(f"{metric} {point.metrics[metric]:.4f} after {point.examples} examples")
 
         result = TrainResult()
