@@ -65,6 +65,14 @@ def warm_imports() -> None:
     import objectives.text_classification  # noqa: F401
 
 
+def trial_line(trial) -> str:
+    """One trial in a line: its configuration, how it ended, and its curve (step: value)."""
+    params = " ".join(f"{k.split('_')[-1]}={v:.2g}" if isinstance(v, float) else f"{k.split('_')[-1]}={v}" for k, v in trial.params.items())
+    curve = " ".join(f"{step}:{value:.3f}" for step, value in sorted(trial.intermediate_values.items()))
+    seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else 0
+    return f"{trial.number} {trial.state.name.lower()} {seconds:.0f}s {params} | {curve}"
+
+
 def run_hpo(args, tmp: str) -> dict:
     from common import best_value, run_study
     from objectives import build
@@ -78,7 +86,8 @@ def run_hpo(args, tmp: str) -> dict:
     import torch
 
     return {"wall": wall, "best": best_value(trials), "params": best.params,
-            "pruned": sum(t.state.name == "PRUNED" for t in trials), "trials": len(trials), "threads": torch.get_num_threads()}
+            "pruned": sum(t.state.name == "PRUNED" for t in trials), "trials": len(trials), "threads": torch.get_num_threads(),
+            "each": [trial_line(t) for t in trials]}
 
 
 def run_peer(args, tmp: str) -> dict:
@@ -136,7 +145,8 @@ def run_peer(args, tmp: str) -> dict:
     wall = time.perf_counter() - start
     trials = optuna.load_study(study_name="peer", storage=storage).trials
     return {"wall": wall, "best": best.objective, "params": best.hyperparameters,
-            "pruned": sum(t.state.name == "PRUNED" for t in trials), "trials": len(trials), "threads": torch.get_num_threads()}
+            "pruned": sum(t.state.name == "PRUNED" for t in trials), "trials": len(trials), "threads": torch.get_num_threads(),
+            "each": [trial_line(t) for t in trials]}
 
 
 def main() -> None:
@@ -169,7 +179,8 @@ def main() -> None:
             if out.returncode or not lines:
                 sys.exit(f"{tool} failed:\n{out.stderr[-3000:]}")
             results[tool] = json.loads(lines[-1][len("RESULT "):])
-            print(tool, results[tool], flush=True)
+            each = results[tool].pop("each", [])
+            print(tool, results[tool], *("   " + line for line in each), sep="\n", flush=True)
         ratio = results["hpo"]["wall"] / results["peer"]["wall"]
         ratios.append(ratio)
         rows.append([

@@ -9,7 +9,7 @@ from optuna.trial import TrialState
 
 from hpo.params import TrainingParams
 from hpo.runner import WorkerOptions, run_worker
-from hpo.spec import parse_spec
+from hpo.spec import PrunerSpec, parse_spec
 from objectives import build, freezing
 
 from conftest import study_dict
@@ -66,6 +66,51 @@ def test_pruner_stops_a_weak_trial_early(spec):
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED], [t.intermediate_values for t in trials]
     assert trials[1].user_attrs["examples_seen"] < 320, "the pruned trial must stop before its last epoch"
 
+
+
+def test_successive_halving_judges_a_trial_at_its_first_point(spec):
+    """Without min_resource, halving's first rung is the first evaluation point (Optuna's "auto" is
+    a hundredth of a finished trial, far below it): the diverging trial stops after half an epoch."""
+    spec = spec.model_copy(update={"n_trials": 2, "pruner": PrunerSpec(type="successive_halving")})
+    study = optuna.create_study(study_name=spec.name, storage=spec.storage, direction="maximize")
+    study.enqueue_trial({"learning_rate": 5e-3, "batch_size": 16, "epochs": 2, "freeze_depth": 0})
+    study.enqueue_trial({"learning_rate": 0.5, "batch_size": 16, "epochs": 2, "freeze_depth": 0})
+    objective = build(spec)
+    run_worker(spec, objective, WorkerOptions())
+    good, bad = optuna.load_study(study_name=spec.name, storage=spec.storage).trials
+    first_point = len(objective.train) // 2
+    assert good.state == TrialState.COMPLETE
+    assert bad.state == TrialState.PRUNED, bad.intermediate_values
+    assert list(bad.intermediate_values) == [first_point]
+    assert bad.system_attrs["completed_rung_0"] == bad.intermediate_values[first_point]
+
+
+class _AlwaysPrune(optuna.pruners.BasePruner):
+    """A pruner that wants every trial stopped: shows where the objective asks it."""
+
+    def prune(self, study, trial) -> bool:
+        return True
+
+
+def test_a_trial_is_never_pruned_at_its_last_point(spec):
+    """Pruning after the last evaluation saves nothing and would throw a finished result away."""
+    objective = build(spec)
+    study = optuna.create_study(direction="maximize", pruner=_AlwaysPrune())
+    study.enqueue_trial({"learning_rate": 5e-3, "batch_size": 16, "epochs": 1, "freeze_depth": 0})
+    study.enqueue_trial({"learning_rate": 5e-3, "batch_size": 16, "epochs": 2, "freeze_depth": 0})
+    study.optimize(objective, n_trials=2)
+    one_epoch, two_epochs = study.trials
+    # Two points per epoch: the 1-epoch trial is pruned at its first point (half an epoch), the
+    # 2-epoch one too; neither is ever asked at its last point.
+    assert one_epoch.state == two_epochs.state == TrialState.PRUNED
+    assert max(one_epoch.intermediate_values) < len(objective.train)
+    spec_one_point = spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={"points_per_epoch": 1})})
+    single = build(spec_one_point)
+    study = optuna.create_study(direction="maximize", pruner=_AlwaysPrune())
+    study.enqueue_trial({"learning_rate": 5e-3, "batch_size": 16, "epochs": 1, "freeze_depth": 0})
+    study.optimize(single, n_trials=1)
+    assert study.trials[0].state == TrialState.COMPLETE, "the only point is the last: nothing to save by pruning"
+    assert list(study.trials[0].intermediate_values) == [len(single.train)]
 
 ARCHITECTURES = {
     "bert": ("BertConfig", "BertForSequenceClassification"),
