@@ -1,6 +1,7 @@
 """Goal 6: sample efficiency against the BERT paper's grid.
 
     python bench/efficiency.py [--train 100] [--validation 60] [--max-length 64] [--seeds 0 1 2 3 4]
+                               [--pruners median halving none] [--save grid.json | --load grid.json]
 
 First the grid, trained for real: learning rate {2e-5, 3e-5, 5e-5} x batch
 size {16, 32} x epochs {2, 3, 4}, 18 fine-tunes of the demo MiniLM-L6 with
@@ -9,20 +10,23 @@ the study seed, each evaluated twice per epoch; its best validation accuracy
 18 runs' training examples.
 
 Then hpo's search over the same 18 configurations (TPE with 5 random startup
-trials, the demo's median pruner), run by the real worker with one TPE seed
-per ``--seeds`` entry, until a trial reaches the target. Because a trial's
+trials, and each pruner named: the demo's median pruner, successive halving
+from the first evaluation point, none), run by the real worker with one TPE
+seed per ``--seeds`` entry, until a trial reaches the target. Because a trial's
 training is deterministic given its configuration and the study seed, its
 evaluation points are those of the grid run with the same configuration; the
 search replays them (report, ask the pruner, stop if pruned) instead of
 training again, and is charged the training examples up to where the trial
 ended. Goal: the median compute to reach the grid's best is at most half the
-grid's.
+grid's. ``--save`` keeps the grid's curves, ``--load`` replays searches on them
+without training again.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import tempfile
 import threading
 
@@ -73,14 +77,24 @@ def search(spec, runs, target: float, cap: int) -> tuple[int | None, int]:
     return spent["reached"], spent["examples"]
 
 
+PRUNERS = {
+    "median": None,  # demo_study's default: the demo's median pruner
+    "halving": {"type": "successive_halving", "reduction_factor": 2},
+    "none": {"type": "none"},
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--train", type=int, default=100)
     parser.add_argument("--validation", type=int, default=60)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--pruners", nargs="+", default=["median", "halving", "none"], choices=list(PRUNERS))
     parser.add_argument("--cap", type=int, default=36, help="most trials per search")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--save", help="write the grid's curves here")
+    parser.add_argument("--load", help="replay the searches on curves saved by --save (no training)")
     args = parser.parse_args()
     quiet(args.threads)
     from objectives import build
@@ -93,27 +107,39 @@ def main() -> None:
         "warmup_ratio": 0.1,
     }
     with tempfile.TemporaryDirectory() as tmp:
-        base = demo_study(f"sqlite:///{tmp}/b.db", train=args.train, validation=args.validation, max_length=args.max_length, search_space=space)
-        objective = build(base)
-        runs = run_grid(objective, base.seed)
-        n = len(objective.train)
+        if args.load:
+            saved = json.load(open(args.load))
+            n, n_validation = saved["train"], saved["validation"]
+            runs = {tuple(json.loads(key)): [tuple(p) for p in points] for key, points in saved["runs"].items()}
+        else:
+            base = demo_study(f"sqlite:///{tmp}/b.db", train=args.train, validation=args.validation, max_length=args.max_length, search_space=space)
+            objective = build(base)
+            runs = run_grid(objective, base.seed)
+            n, n_validation = len(objective.train), len(objective.validation)
+            if args.save:
+                with open(args.save, "w") as f:
+                    json.dump({"train": n, "validation": n_validation, "runs": {json.dumps(list(k)): v for k, v in runs.items()}}, f)
         grid_examples = sum(n * epochs for (_, _, epochs) in runs)
         target = max(a for points in runs.values() for _, a in points)
-        rows, fractions = [], []
-        for seed in args.seeds:
-            spec = demo_study(
-                f"sqlite:///{tmp}/b.db", name=f"efficiency-{seed}", train=args.train, validation=args.validation,
-                max_length=args.max_length, search_space=space, sampler={"type": "tpe", "n_startup_trials": 5, "seed": seed},
-            )
-            reached, examples = search(spec, runs, target, args.cap)
-            fraction = examples / grid_examples if reached else float("inf")
-            fractions.append(fraction)
-            rows.append([seed, reached if reached else f"not in {args.cap}", examples, f"{fraction:.2f}" if reached else "-"])
-            print(rows[-1], flush=True)
-    print(f"\n{n} train / {len(objective.validation)} validation reviews, max_length {args.max_length}; grid: 18 runs, "
+        rows, summary = [], []
+        for pruner in args.pruners:
+            fractions = []
+            for seed in args.seeds:
+                spec = demo_study(
+                    f"sqlite:///{tmp}/b.db", name=f"efficiency-{pruner}-{seed}", train=n, validation=n_validation,
+                    max_length=args.max_length, search_space=space, sampler={"type": "tpe", "n_startup_trials": 5, "seed": seed},
+                    pruner=PRUNERS[pruner],
+                )
+                reached, examples = search(spec, runs, target, args.cap)
+                fraction = examples / grid_examples if reached else float("inf")
+                fractions.append(fraction)
+                rows.append([pruner, seed, reached if reached else f"not in {args.cap}", examples, f"{fraction:.2f}" if reached else "-"])
+                print(rows[-1], flush=True)
+            summary.append(f"{pruner}: median compute to reach the grid's best {median(fractions):.2f} of the grid's (goal <= 0.5)")
+    print(f"\n{n} train / {n_validation} validation reviews, max_length {args.max_length}; grid: 18 runs, "
           f"{grid_examples} training examples, best validation accuracy {target:.4f}\n")
-    print(table(["TPE seed", "trials to reach the grid's best", "training examples", "vs grid compute"], rows))
-    print(f"\nmedian compute to reach the grid's best: {median(fractions):.2f} of the grid's (goal <= 0.5)")
+    print(table(["pruner", "TPE seed", "trials to reach the grid's best", "training examples", "vs grid compute"], rows))
+    print("\n" + "\n".join(summary))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Goal 4: what the default pruner saves, over three seeds.
 
     python bench/pruning.py [--seeds 0 1 2] [--trials 8] [--train 160] [--max-length 64]
-                            [--epochs 1 2] [--pruners none median halving] [--dump curves.json]
+                            [--epochs 1 2] [--points 2] [--pruners none median halving] [--dump curves.json]
 
 The same study (the demo's search space, TPE with 4 random startup trials and
 the study seed as sampler seed) once with ``pruner: none`` and once with each
@@ -9,10 +9,10 @@ pruner named, for each seed; the variants of a seed run back to back, in an
 order that rotates between seeds. The pruners:
 
 - ``median``: the demo's (3 startup trials, no pruning before half an epoch);
-- ``halving``: successive halving (asynchronous, as ASHA): at half an epoch,
-  then at 1, 2, 4... epochs, a trial goes on only if it is in the better half of
-  every trial that reached that point (Dodge et al. 2020's recipe: evaluate
-  early, keep the best half). hpo's default.
+- ``halving``: successive halving (asynchronous, as ASHA): at the first
+  evaluation point, then at 2, 4, 8... times as many examples, a trial goes on
+  only if it is in the better half of every trial that reached that point
+  (Dodge et al. 2020's recipe: evaluate early, keep the best half).
 
 Compute is counted as training examples processed (the sum of every trial's
 ``examples_seen``); evaluation passes are the same per point for all. Goal:
@@ -38,11 +38,12 @@ def examples_processed(trial) -> int:
 
 
 def pruner_options(name: str, train: int) -> dict:
-    half_epoch = train // 2  # the first evaluation point (2 per epoch)
+    half_epoch = train // 2
     return {
         "none": {"type": "none"},
         "median": {"type": "median", "n_startup_trials": 3, "n_warmup_steps": half_epoch},
-        "halving": {"type": "successive_halving", "min_resource": half_epoch, "reduction_factor": 2},
+        # min_resource left out: hpo starts the rungs at the first evaluation point.
+        "halving": {"type": "successive_halving", "reduction_factor": 2},
     }[name]
 
 
@@ -55,6 +56,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--epochs", type=int, nargs=2, default=[1, 2], metavar=("LOW", "HIGH"))
     parser.add_argument("--pruners", nargs="+", default=["none", "halving"], choices=["none", "median", "halving"])
+    parser.add_argument("--points", type=int, default=2, help="evaluation points per epoch")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dump", help="write every trial's configuration and curve to this JSON file")
     args = parser.parse_args()
@@ -80,6 +82,7 @@ def main() -> None:
                     f"sqlite:///{tmp}/bench.db", name=f"pruning-{seed}-{label}", n_trials=args.trials, seed=seed,
                     train=args.train, validation=args.validation, max_length=args.max_length, search_space=space,
                     sampler={"type": "tpe", "n_startup_trials": 4, "seed": seed}, pruner=pruner_options(label, args.train),
+                    points_per_epoch=args.points,
                 )
                 objective = objective or build(spec)  # the pruner is the search's business, not the objective's
                 wall, trials = run_study(spec, objective)
