@@ -29,6 +29,7 @@ import itertools
 import json
 import tempfile
 import threading
+from pathlib import Path
 
 from common import demo_study, median, quiet, table
 
@@ -108,7 +109,7 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         if args.load:
-            saved = json.load(open(args.load))
+            saved = json.loads(Path(args.load).read_text())
             n, n_validation = saved["train"], saved["validation"]
             runs = {tuple(json.loads(key)): [tuple(p) for p in points] for key, points in saved["runs"].items()}
         else:

@@ -134,10 +134,9 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
 
     model = fresh(objective)
-    limited = TrainingParams(learning_rate=5e-5, batch_size=args.batch_size, epochs=1, freeze_depth=0, warmup_ratio=0.1)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
-        objective.train_model(model, limited, 0, max_examples=args.profile_steps * args.batch_size)
+        objective.train_model(model, params, 0, max_examples=args.profile_steps * args.batch_size)
         sync()
     print(f"\nProfile of {args.profile_steps} steps of hpo's loop (top operators by CPU time)\n")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=50))

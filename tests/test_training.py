@@ -67,7 +67,6 @@ def test_pruner_stops_a_weak_trial_early(spec):
     assert trials[1].user_attrs["examples_seen"] < 320, "the pruned trial must stop before its last epoch"
 
 
-
 def test_successive_halving_judges_a_trial_at_its_first_point(spec):
     """Without min_resource, halving's first rung is the first evaluation point (Optuna's "auto" is
     a hundredth of a finished trial, far below it): the diverging trial stops after half an epoch."""
@@ -111,6 +110,7 @@ def test_a_trial_is_never_pruned_at_its_last_point(spec):
     study.optimize(single, n_trials=1)
     assert study.trials[0].state == TrialState.COMPLETE, "the only point is the last: nothing to save by pruning"
     assert list(study.trials[0].intermediate_values) == [len(single.train)]
+
 
 ARCHITECTURES = {
     "bert": ("BertConfig", "BertForSequenceClassification"),
