@@ -5,7 +5,7 @@
 
 First the grid, trained for real: learning rate {2e-5, 3e-5, 5e-5} x batch
 size {16, 32} x epochs {2, 3, 4}, 18 fine-tunes of the demo MiniLM-L6 with
-the study seed, each evaluated twice per epoch; its best validation accuracy
+the study seed, each evaluated twice per epoch (``--points``); its best validation accuracy
 (the best point of the best run) is the target, its compute the sum of the
 18 runs' training examples.
 
@@ -43,8 +43,9 @@ def run_grid(objective, seed: int) -> dict[tuple, list[tuple[int, float]]]:
     for lr, batch, epochs in itertools.product(*GRID.values()):
         params = TrainingParams(learning_rate=lr, batch_size=batch, epochs=epochs, freeze_depth=0, warmup_ratio=0.1)
         result = objective.train_model(objective.new_model(params, seed), params, seed, validation=objective.validation)
-        runs[(lr, batch, epochs)] = [(p.examples, p.metrics["accuracy"]) for p in result.points]
-        print(f"grid lr {lr:g} batch {batch} epochs {epochs}: best {max(a for _, a in runs[(lr, batch, epochs)]):.3f}", flush=True)
+        # The loss rides along (saved with --save) to replay pruners that watch it.
+        runs[(lr, batch, epochs)] = [(p.examples, p.metrics["accuracy"], p.metrics["loss"]) for p in result.points]
+        print(f"grid lr {lr:g} batch {batch} epochs {epochs}: best {max(p[1] for p in runs[(lr, batch, epochs)]):.3f}", flush=True)
     return runs
 
 
@@ -62,7 +63,7 @@ def search(spec, runs, target: float, cap: int) -> tuple[int | None, int]:
         points = runs[(params.learning_rate, params.batch_size, params.epochs)]
         spent["trials"] += 1
         best, previous = 0.0, 0
-        for examples, accuracy in points:
+        for examples, accuracy, *_ in points:
             spent["examples"] += examples - previous  # charged up to this point, pruned or not
             previous = examples
             best = max(best, accuracy)
@@ -92,6 +93,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--pruners", nargs="+", default=["median", "halving", "none"], choices=list(PRUNERS))
+    parser.add_argument("--points", type=int, default=2, help="evaluation points per epoch of the grid's runs")
     parser.add_argument("--cap", type=int, default=36, help="most trials per search")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--save", help="write the grid's curves here")
@@ -113,7 +115,8 @@ def main() -> None:
             n, n_validation = saved["train"], saved["validation"]
             runs = {tuple(json.loads(key)): [tuple(p) for p in points] for key, points in saved["runs"].items()}
         else:
-            base = demo_study(f"sqlite:///{tmp}/b.db", train=args.train, validation=args.validation, max_length=args.max_length, search_space=space)
+            base = demo_study(f"sqlite:///{tmp}/b.db", train=args.train, validation=args.validation, max_length=args.max_length, search_space=space,
+                              points_per_epoch=args.points)
             objective = build(base)
             runs = run_grid(objective, base.seed)
             n, n_validation = len(objective.train), len(objective.validation)
@@ -121,7 +124,7 @@ def main() -> None:
                 with open(args.save, "w") as f:
                     json.dump({"train": n, "validation": n_validation, "runs": {json.dumps(list(k)): v for k, v in runs.items()}}, f)
         grid_examples = sum(n * epochs for (_, _, epochs) in runs)
-        target = max(a for points in runs.values() for _, a in points)
+        target = max(p[1] for points in runs.values() for p in points)
         rows, summary = [], []
         for pruner in args.pruners:
             fractions = []

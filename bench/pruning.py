@@ -94,6 +94,7 @@ def main() -> None:
                     "seed": seed, "pruner": label, "number": t.number, "state": t.state.name, "params": t.params,
                     "value": t.value, "curve": {str(s): v for s, v in sorted(t.intermediate_values.items())},
                     "examples": examples_processed(t), "wall_seconds": t.user_attrs.get("wall_seconds"),
+                    "metrics": t.user_attrs.get("curve"),  # every metric at every point, loss included
                 } for t in trials]
                 if args.dump:
                     with open(args.dump, "w") as f:

@@ -161,8 +161,10 @@ class TextClassification:
         trainable, total = freezing.count_parameters(model)
         metric = self.spec.metric
         last_point = len(self.train) * params.epochs
+        curve: list = []  # every point's metrics, kept even when the trial is pruned
 
         def on_eval(point) -> None:
+            curve.append(point)
             trial.report(point.metrics[metric], step=point.examples)
             log.info("trial %d: %s %.4f after %d examples (epoch %.2f)", trial.number, metric, point.metrics[metric], point.examples, point.epoch)
             # At the last point the training is paid for: pruning would only throw the result away.
@@ -174,7 +176,7 @@ class TextClassification:
         try:
             result = self.train_model(model, params, self.spec.seed, validation=self.validation, on_eval=on_eval, on_batch=notes.batch)
         finally:
-            self._record(trial, result, trainable, total, time.perf_counter() - start)
+            self._record(trial, result, curve, trainable, total, time.perf_counter() - start)
             notes.close(result.examples_seen)  # a pruned trial has no result: keep how far it got
             del model
             gc.collect()
@@ -184,7 +186,7 @@ class TextClassification:
             raise ObjectiveError("no evaluation point was reached; is the train split empty?")
         return result.best.metrics[metric]
 
-    def _record(self, trial: optuna.Trial, result: TrainResult, trainable: int, total: int, wall: float) -> None:
+    def _record(self, trial: optuna.Trial, result: TrainResult, curve: list, trainable: int, total: int, wall: float) -> None:
         attrs: dict[str, Any] = {
             "wall_seconds": round(wall, 2),
             "train_seconds": round(result.train_seconds, 2),
@@ -202,6 +204,13 @@ class TextClassification:
             attrs["best_examples"] = result.best.examples
             attrs["best_epoch"] = result.best.epoch
             attrs["best_metrics"] = {k: round(v, 5) for k, v in result.best.metrics.items()}
+        if curve:
+            # Every metric at every point (the pruner sees one): to compare pruning
+            # signals afterwards, or plot the validation loss beside the metric.
+            attrs["curve"] = {
+                "examples": [p.examples for p in curve],
+                **{name: [round(p.metrics[name], 5) for p in curve] for name in curve[0].metrics},
+            }
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
 
