@@ -71,7 +71,7 @@ class LiveProgress:
     def trial_ended(self, event: TrialEvent) -> None:
         best = f"best {event.best.value:.4f} (#{event.best.number})" if event.best else "no best yet"
         self.console.print(
-            f"[{event.worker}] trial {event.trial.number} {outcome(event.trial, self.spec.metric, event.reason)} | {best} | "
+            f"[{event.worker}] trial {event.trial.number} {outcome(event.trial, self.spec.metric, event.reason, self.spec.pruning_metric)} | {best} | "
             f"{format_params(event.trial.params)}",
             markup=False,
             highlight=False,
@@ -159,7 +159,7 @@ def render(spec: StudySpec, snap: snapshot.Snapshot | None, problem: str | None 
         grid.add_row("best", "-", "no complete trial yet")
     for trial in snap.running:
         seen = f"{trial.examples:,}" + (f"/{trial.total:,}" if trial.total else "") + " examples"
-        score = f", {spec.metric} {trial.latest:.4f}" if trial.latest is not None else ""
+        score = f", {spec.pruning_metric} {trial.latest:.4f}" if trial.latest is not None else ""
         grid.add_row(
             f"#{trial.number}",
             _bar(trial.examples, trial.total) if trial.total else Text(duration(trial.seconds)),

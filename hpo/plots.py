@@ -79,7 +79,7 @@ def learning_curves(study: optuna.Study, spec: StudySpec):
         plt.close(fig)
         raise ValueError("no trial reported an intermediate value yet")
     ax.set_xlabel("training examples seen")
-    ax.set_ylabel(f"validation {spec.metric}")
+    ax.set_ylabel(f"validation {spec.pruning_metric}")
     ax.set_title("Learning curves")
     ax.legend(loc="best")
     ax.grid(True, alpha=0.3)

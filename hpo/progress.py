@@ -23,13 +23,14 @@ from hpo.runner import TrialEvent
 from hpo.spec import StudySpec
 
 
-def outcome(trial: FrozenTrial, metric: str, reason: str | None = None) -> str:
-    """How a trial ended, in a few words: its value, where it was pruned, or why it failed."""
+def outcome(trial: FrozenTrial, metric: str, reason: str | None = None, reported: str | None = None) -> str:
+    """How a trial ended, in a few words: its value, where it was pruned (and the
+    ``reported`` metric there, when ``pruner.metric`` differs), or why it failed."""
     if trial.state == TrialState.COMPLETE and trial.value is not None:
         return f"complete, {metric} {trial.value:.4f}"
     if trial.state == TrialState.PRUNED:
         last = trial.intermediate_values.get(trial.last_step) if trial.last_step is not None else None
-        return f"pruned at {trial.last_step} examples" + (f" ({metric} {last:.4f})" if last is not None else "")
+        return f"pruned at {trial.last_step} examples" + (f" ({reported or metric} {last:.4f})" if last is not None else "")
     return f"{trial.state.name.lower()}: {reason or trial.user_attrs.get('fail_reason', '?')}"
 
 
@@ -54,8 +55,9 @@ class QuietProgress(_Quiet):
 class LineProgress(_Quiet):
     """One line per trial start and end, with study totals, best so far, elapsed time and an estimate."""
 
-    def __init__(self, metric: str, stream: TextIO | None = None):
+    def __init__(self, metric: str, stream: TextIO | None = None, reported: str | None = None):
         self.metric = metric
+        self.reported = reported
         self.stream = stream or sys.stdout
         self.started = time.monotonic()
         self.finished_here = 0
@@ -74,7 +76,7 @@ class LineProgress(_Quiet):
         left = max(event.n_trials - counts.finished, 0)
         eta = f", ~{duration(elapsed / self.finished_here * left)} left" if left and self.finished_here else ""
         self._print(
-            f"[{event.worker}] trial {trial.number} {outcome(trial, self.metric, event.reason)} | {best} | "
+            f"[{event.worker}] trial {trial.number} {outcome(trial, self.metric, event.reason, self.reported)} | {best} | "
             f"{counts.finished}/{event.n_trials} finished ({counts.complete} complete, {counts.pruned} pruned, "
             f"{counts.failed} failed, {counts.running} running) | {duration(elapsed)} elapsed{eta} | "
             f"{format_params(trial.params)}"
@@ -97,4 +99,4 @@ def choose(spec: StudySpec, quiet: bool = False, live: bool = True, stream: Text
         from hpo.live import LiveProgress
 
         return LiveProgress(spec)
-    return LineProgress(spec.metric, stream)
+    return LineProgress(spec.metric, stream, spec.pruning_metric)

@@ -3,7 +3,10 @@
 Trials report at step = training examples seen, so every pruner option
 counted in steps (``n_warmup_steps``, ``interval_steps``, ``min_resource``)
 is counted in examples. Successive halving without ``min_resource`` starts
-at the first evaluation point (see HalvingFromFirstPoint).
+at the first evaluation point (see HalvingFromFirstPoint). Trials report
+``pruner.metric`` when the spec names one; when it runs the other way from the
+study's metric (validation loss in a study that maximizes accuracy), the
+pruner judges it through ``_Oriented``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 import optuna
 
 from hpo.errors import SpecError
-from hpo.spec import StudySpec
+from hpo.spec import METRICS, StudySpec
 
 
 def _classes() -> dict[str, Any]:
@@ -52,7 +55,40 @@ class HalvingFromFirstPoint(optuna.pruners.BasePruner):
         return self._inner.prune(study, trial)
 
 
+class _StudyAs:
+    """The study with another direction, as the wrapped pruner reads it; everything else is the study's."""
+
+    def __init__(self, study, direction: optuna.study.StudyDirection):
+        self._study = study
+        self.direction = direction
+        self.directions = [direction]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+
+class _Oriented(optuna.pruners.BasePruner):
+    """Judges reports that run the other way from the study's objective.
+
+    Optuna's pruners take "better" from ``study.direction``, which belongs to
+    the final metric; the reported one (loss, say) may run the other way.
+    """
+
+    def __init__(self, inner: optuna.pruners.BasePruner, direction: str):
+        self.inner = inner
+        self.direction = optuna.study.StudyDirection[direction.upper()]
+
+    def prune(self, study, trial) -> bool:
+        return self.inner.prune(_StudyAs(study, self.direction), trial)
+
+
 def build_pruner(spec: StudySpec):
+    pruner = _build(spec)
+    reported = METRICS[spec.pruning_metric]
+    return pruner if reported == spec.direction else _Oriented(pruner, reported)
+
+
+def _build(spec: StudySpec):
     cls = _classes()[spec.pruner.type]
     accepted = set(inspect.signature(cls).parameters) - {"self"}
     options = spec.pruner.options

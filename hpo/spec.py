@@ -209,6 +209,11 @@ class PrunerSpec(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
     type: Literal["median", "percentile", "successive_halving", "hyperband", "none"] = "median"
+    # The validation metric trials report and the pruner judges; default: the
+    # study's metric. `loss` moves from the first steps, while accuracy on small
+    # data often sits at the majority-class rate for the first epoch, where
+    # every trial ties and no pruner can act (docs/benchmarks.md, goal 4).
+    metric: str | None = None
 
     @property
     def options(self) -> dict[str, Any]:
@@ -323,6 +328,16 @@ class StudySpec(Strict):
                 "task", "{metric} does not apply to {task} (use {allowed})",
                 {"field": "metric", "metric": self.metric, "task": self.task, "allowed": ", ".join(allowed)},
             )
+        if self.pruner.metric is not None and self.pruner.metric not in allowed:
+            raise PydanticCustomError(
+                "task", "{metric} does not apply to {task} (use {allowed})",
+                {"field": "pruner.metric", "metric": self.pruner.metric, "task": self.task, "allowed": ", ".join(allowed)},
+            )
+        if self.pruner.type == "hyperband" and METRICS[self.pruning_metric] != self.direction:
+            raise PydanticCustomError(
+                "task", "hyperband judges with the study's direction; {metric} runs the other way (use median, percentile or successive_halving)",
+                {"field": "pruner.metric", "metric": self.pruning_metric},
+            )
         if regression and self.class_weights is not None:
             raise PydanticCustomError("task", "applies to classification tasks only", {"field": "class_weights"})
         if self.data.image_column and self.task != "image-classification":
@@ -334,6 +349,11 @@ class StudySpec(Strict):
     @property
     def direction(self) -> str:
         return METRICS[self.metric]
+
+    @property
+    def pruning_metric(self) -> str:
+        """What trials report at each evaluation point: ``pruner.metric``, else the study's metric."""
+        return self.pruner.metric or self.metric
 
     @property
     def fixed_params(self) -> dict[str, Any]:

@@ -159,17 +159,17 @@ class TextClassification:
             torch.cuda.reset_peak_memory_stats()
         model = self.new_model(params, self.spec.seed)
         trainable, total = freezing.count_parameters(model)
-        metric = self.spec.metric
+        metric, reported = self.spec.metric, self.spec.pruning_metric
         last_point = len(self.train) * params.epochs
         curve: list = []  # every point's metrics, kept even when the trial is pruned
 
         def on_eval(point) -> None:
             curve.append(point)
-            trial.report(point.metrics[metric], step=point.examples)
+            trial.report(point.metrics[reported], step=point.examples)
             log.info("trial %d: %s %.4f after %d examples (epoch %.2f)", trial.number, metric, point.metrics[metric], point.examples, point.epoch)
             # At the last point the training is paid for: pruning would only throw the result away.
             if point.examples < last_point and trial.should_prune():
-                raise optuna.TrialPruned(f"{metric} {point.metrics[metric]:.4f} after {point.examples} examples")
+                raise optuna.TrialPruned(f"{reported} {point.metrics[reported]:.4f} after {point.examples} examples")
 
         result = TrainResult()
         notes = _ProgressNotes(trial)

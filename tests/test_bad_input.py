@@ -70,6 +70,14 @@ def test_unknown_sampler_option(make_study, tmp_path):
     _launch_writes_nothing(path, tmp_path, "sampler.n_startup: is not an option of TPESampler")
 
 
+@pytest.mark.parametrize("pruner, fragment", [
+    ({"type": "median", "metric": "rmse"}, "pruner.metric: rmse does not apply to text-classification"),
+    ({"type": "hyperband", "metric": "loss"}, "pruner.metric: hyperband judges with the study's direction"),
+])
+def test_pruner_metric_the_study_cannot_use(make_study, tmp_path, pruner, fragment):
+    _launch_writes_nothing(make_study(pruner=pruner), tmp_path, fragment)
+
+
 def test_freeze_depth_beyond_model(make_study, tmp_path):
     path = make_study()
     study = yaml.safe_load(path.read_text())

@@ -84,6 +84,22 @@ def test_successive_halving_judges_a_trial_at_its_first_point(spec):
     assert bad.system_attrs["completed_rung_0"] == bad.intermediate_values[first_point]
 
 
+def test_pruning_on_validation_loss_in_a_study_that_maximizes_accuracy(spec):
+    """pruner.metric: loss: trials report the loss (lower is better) while the study still maximizes
+    accuracy; the diverging trial's loss is above the finished trial's, so it is stopped early."""
+    spec = spec.model_copy(update={"n_trials": 2, "pruner": PrunerSpec(**{**spec.pruner.model_dump(), "metric": "loss"})})
+    study = optuna.create_study(study_name=spec.name, storage=spec.storage, direction="maximize")
+    study.enqueue_trial({"learning_rate": 5e-3, "batch_size": 16, "epochs": 2, "freeze_depth": 0})
+    study.enqueue_trial({"learning_rate": 0.5, "batch_size": 16, "epochs": 2, "freeze_depth": 0})
+    run_worker(spec, build(spec), WorkerOptions())
+    good, bad = optuna.load_study(study_name=spec.name, storage=spec.storage).trials
+    assert good.state == TrialState.COMPLETE and bad.state == TrialState.PRUNED, bad.intermediate_values
+    assert good.value == max(good.user_attrs["curve"]["accuracy"]) >= 0.9  # the study's value stays accuracy
+    assert [round(v, 5) for v in good.intermediate_values.values()] == good.user_attrs["curve"]["loss"]  # reports are the loss
+    assert bad.intermediate_values[max(bad.intermediate_values)] > good.intermediate_values[max(bad.intermediate_values)]
+    assert bad.user_attrs["curve"]["examples"] == list(bad.intermediate_values)  # a pruned trial keeps its curve
+
+
 class _AlwaysPrune(optuna.pruners.BasePruner):
     """A pruner that wants every trial stopped: shows where the objective asks it."""
 
