@@ -63,12 +63,12 @@ def search(spec, runs, target: float, cap: int) -> tuple[int | None, int]:
         points = runs[(params.learning_rate, params.batch_size, params.epochs)]
         spent["trials"] += 1
         best, previous = 0.0, 0
-        for examples, accuracy, *_ in points:
+        for i, (examples, accuracy, *loss) in enumerate(points):
             spent["examples"] += examples - previous  # charged up to this point, pruned or not
             previous = examples
             best = max(best, accuracy)
-            trial.report(accuracy, step=examples)
-            if trial.should_prune():
+            trial.report(loss[0] if spec.pruning_metric == "loss" else accuracy, step=examples)
+            if i < len(points) - 1 and trial.should_prune():  # as the objective: never at the last point
                 raise optuna.TrialPruned()
         if best >= target and spent["reached"] is None:
             spent["reached"] = spent["trials"]
@@ -81,6 +81,7 @@ def search(spec, runs, target: float, cap: int) -> tuple[int | None, int]:
 
 PRUNERS = {
     "median": None,  # demo_study's default: the demo's median pruner
+    "median-loss": {"type": "median", "n_startup_trials": 3, "metric": "loss"},  # needs curves saved with their loss
     "halving": {"type": "successive_halving", "reduction_factor": 2},
     "none": {"type": "none"},
 }

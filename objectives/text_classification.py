@@ -113,7 +113,7 @@ class TextClassification:
         set_dropout(model, params.dropout)
         return model
 
-    def train_model(self, model, params: TrainingParams, seed: int, *, validation=None, train=None, max_examples=None, on_eval=None, on_batch=None) -> TrainResult:
+    def train_model(self, model, params: TrainingParams, seed: int, *, validation=None, train=None, max_examples=None, on_eval=None, on_batch=None, result=None) -> TrainResult:
         return fine_tune(
             model,
             train if train is not None else self.train,
@@ -131,6 +131,7 @@ class TextClassification:
             on_eval=on_eval,
             on_batch=on_batch,
             class_weights=self.class_weights,
+            result=result,
         )
 
     def test_batcher(self) -> Batcher:
@@ -161,22 +162,20 @@ class TextClassification:
         trainable, total = freezing.count_parameters(model)
         metric, reported = self.spec.metric, self.spec.pruning_metric
         last_point = len(self.train) * params.epochs
-        curve: list = []  # every point's metrics, kept even when the trial is pruned
 
         def on_eval(point) -> None:
-            curve.append(point)
             trial.report(point.metrics[reported], step=point.examples)
             log.info("trial %d: %s %.4f after %d examples (epoch %.2f)", trial.number, metric, point.metrics[metric], point.examples, point.epoch)
             # At the last point the training is paid for: pruning would only throw the result away.
             if point.examples < last_point and trial.should_prune():
                 raise optuna.TrialPruned(f"{reported} {point.metrics[reported]:.4f} after {point.examples} examples")
 
-        result = TrainResult()
+        result = TrainResult()  # filled as training goes: a pruned trial keeps what it did
         notes = _ProgressNotes(trial)
         try:
-            result = self.train_model(model, params, self.spec.seed, validation=self.validation, on_eval=on_eval, on_batch=notes.batch)
+            self.train_model(model, params, self.spec.seed, validation=self.validation, on_eval=on_eval, on_batch=notes.batch, result=result)
         finally:
-            self._record(trial, result, curve, trainable, total, time.perf_counter() - start)
+            self._record(trial, result, trainable, total, time.perf_counter() - start)
             notes.close(result.examples_seen)  # a pruned trial has no result: keep how far it got
             del model
             gc.collect()
@@ -186,7 +185,7 @@ class TextClassification:
             raise ObjectiveError("no evaluation point was reached; is the train split empty?")
         return result.best.metrics[metric]
 
-    def _record(self, trial: optuna.Trial, result: TrainResult, curve: list, trainable: int, total: int, wall: float) -> None:
+    def _record(self, trial: optuna.Trial, result: TrainResult, trainable: int, total: int, wall: float) -> None:
         attrs: dict[str, Any] = {
             "wall_seconds": round(wall, 2),
             "train_seconds": round(result.train_seconds, 2),
@@ -204,12 +203,12 @@ class TextClassification:
             attrs["best_examples"] = result.best.examples
             attrs["best_epoch"] = result.best.epoch
             attrs["best_metrics"] = {k: round(v, 5) for k, v in result.best.metrics.items()}
-        if curve:
+        if result.points:
             # Every metric at every point (the pruner sees one): to compare pruning
             # signals afterwards, or plot the validation loss beside the metric.
             attrs["curve"] = {
-                "examples": [p.examples for p in curve],
-                **{name: [round(p.metrics[name], 5) for p in curve] for name in curve[0].metrics},
+                "examples": [p.examples for p in result.points],
+                **{name: [round(p.metrics[name], 5) for p in result.points] for name in result.points[0].metrics},
             }
         for key, value in attrs.items():
             trial.set_user_attr(key, value)

@@ -245,8 +245,13 @@ def fine_tune(
     on_eval: Callable[[EvalPoint], None] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
     class_weights: list[float] | None = None,
+    result: TrainResult | None = None,
 ) -> TrainResult:
     """Train in place; evaluate at each target and remember the best point.
+
+    ``result``, when given, is filled as training goes: a trial pruned from
+    ``on_eval`` ends with an exception, and its caller still has its points,
+    examples seen and seconds to record.
 
     ``max_examples`` stops training early at a fixed amount of data (retraining
     on train + validation stops where the winning trial was best).
@@ -275,7 +280,7 @@ def fine_tune(
         targets = []
     scorer = _Scorer(validation, runtime, eval_batch_size, num_labels, metric, maximize, on_eval, params.patience)
     rng = np.random.default_rng(seed)
-    result = TrainResult()
+    result = result if result is not None else TrainResult()
     # Per-step losses stay tensors: float() on each would wait for the GPU every step.
     losses: deque[torch.Tensor] = deque(maxlen=max(1, steps_per_epoch))
     seen = 0
@@ -303,6 +308,7 @@ def fine_tune(
                 on_batch(seen, total_examples)
             while targets and seen >= targets[0] and not result.stopped_early:
                 result.train_seconds += time.perf_counter() - train_start
+                result.examples_seen = seen
                 scorer.score(model, targets.pop(0), len(train), result)
                 train_start = time.perf_counter()
             if seen >= total_examples or result.stopped_early:

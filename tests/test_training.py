@@ -97,7 +97,10 @@ def test_pruning_on_validation_loss_in_a_study_that_maximizes_accuracy(spec):
     assert good.value == max(good.user_attrs["curve"]["accuracy"]) >= 0.9  # the study's value stays accuracy
     assert [round(v, 5) for v in good.intermediate_values.values()] == good.user_attrs["curve"]["loss"]  # reports are the loss
     assert bad.intermediate_values[max(bad.intermediate_values)] > good.intermediate_values[max(bad.intermediate_values)]
-    assert bad.user_attrs["curve"]["examples"] == list(bad.intermediate_values)  # a pruned trial keeps its curve
+    # A pruned trial keeps what it did: its curve, examples seen and speed.
+    assert bad.user_attrs["curve"]["examples"] == list(bad.intermediate_values)
+    assert bad.user_attrs["examples_seen"] == max(bad.intermediate_values)
+    assert bad.user_attrs["examples_per_second"] > 0 and bad.user_attrs["best_metrics"]["accuracy"] > 0
 
 
 class _AlwaysPrune(optuna.pruners.BasePruner):
