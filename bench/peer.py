@@ -2,6 +2,7 @@
 
     pip install -e ".[bench]"    # accelerate, which Trainer needs
     python bench/peer.py [--trials 8] [--train 300] [--validation 200] [--max-length 64] [--repeats 3] [--tpe-seed 0] [--matched]
+                         [--pruner-metric loss]
 
 Both tools tune the demo MiniLM-L6 on the same reviews (the same split, the
 same tokenization) over the same space: learning rate 2e-5..3e-4 (log), batch
@@ -44,7 +45,7 @@ def study(storage: str, args):
         storage, name="peer-bench", n_trials=args.trials, train=args.train, validation=args.validation,
         max_length=args.max_length, points_per_epoch=1 if args.matched else 2,
         sampler={"type": "tpe", "n_startup_trials": 3, "seed": args.tpe_seed},
-        pruner={"type": "median", "n_startup_trials": 2},
+        pruner={"type": "median", "n_startup_trials": 2, **({"metric": args.pruner_metric} if args.pruner_metric else {})},
         search_space={
             "learning_rate": {"low": SPACE["lr"][0], "high": SPACE["lr"][1], "log": True},
             "batch_size": {"choices": SPACE["batch"]},
@@ -70,7 +71,8 @@ def trial_line(trial) -> str:
     params = " ".join(f"{k.split('_')[-1]}={v:.2g}" if isinstance(v, float) else f"{k.split('_')[-1]}={v}" for k, v in trial.params.items())
     curve = " ".join(f"{step}:{value:.3f}" for step, value in sorted(trial.intermediate_values.items()))
     seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else 0
-    return f"{trial.number} {trial.state.name.lower()} {seconds:.0f}s {params} | {curve}"
+    value = f" {trial.value:.3f}" if trial.value is not None else ""
+    return f"{trial.number} {trial.state.name.lower()}{value} {seconds:.0f}s {params} | {curve}"
 
 
 def run_hpo(args, tmp: str) -> dict:
@@ -159,6 +161,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tpe-seed", type=int, default=0, help="the TPE seed both tools use")
     parser.add_argument("--matched", action="store_true", help="same batch grouping, evaluation batch and evaluation points")
+    parser.add_argument("--pruner-metric", choices=["loss"], help="hpo's pruner judges the validation loss (pruner.metric); "
+                        "the peer's pruner can only see its objective")
     parser.add_argument("--run", choices=["hpo", "peer"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
@@ -169,7 +173,8 @@ def main() -> None:
         return
 
     forwarded = [f"--trials={args.trials}", f"--train={args.train}", f"--validation={args.validation}",
-                 f"--max-length={args.max_length}", f"--threads={args.threads}", f"--tpe-seed={args.tpe_seed}"] + (["--matched"] if args.matched else [])
+                 f"--max-length={args.max_length}", f"--threads={args.threads}", f"--tpe-seed={args.tpe_seed}"] + (["--matched"] if args.matched else []) + \
+        ([f"--pruner-metric={args.pruner_metric}"] if args.pruner_metric else [])
     rows, ratios = [], []
     for repeat in range(args.repeats):
         order = ("hpo", "peer") if repeat % 2 == 0 else ("peer", "hpo")

@@ -37,14 +37,15 @@ def examples_processed(trial) -> int:
     return trial.user_attrs["examples_seen"]
 
 
-def pruner_options(name: str, train: int) -> dict:
+def pruner_options(name: str, train: int, metric: str | None = None) -> dict:
     half_epoch = train // 2
-    return {
+    options = {
         "none": {"type": "none"},
         "median": {"type": "median", "n_startup_trials": 3, "n_warmup_steps": half_epoch},
         # min_resource left out: hpo starts the rungs at the first evaluation point.
         "halving": {"type": "successive_halving", "reduction_factor": 2},
     }[name]
+    return {**options, "metric": metric} if metric and name != "none" else options
 
 
 def main() -> None:
@@ -57,6 +58,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, nargs=2, default=[1, 2], metavar=("LOW", "HIGH"))
     parser.add_argument("--pruners", nargs="+", default=["none", "halving"], choices=["none", "median", "halving"])
     parser.add_argument("--points", type=int, default=2, help="evaluation points per epoch")
+    parser.add_argument("--startup", type=int, default=4, help="TPE's random startup trials (the demo: 5)")
+    parser.add_argument("--pruner-metric", choices=["loss"], help="the median and halving arms judge this metric (pruner.metric)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dump", help="write every trial's configuration and curve to this JSON file")
     args = parser.parse_args()
@@ -81,7 +84,8 @@ def main() -> None:
                 spec = demo_study(
                     f"sqlite:///{tmp}/bench.db", name=f"pruning-{seed}-{label}", n_trials=args.trials, seed=seed,
                     train=args.train, validation=args.validation, max_length=args.max_length, search_space=space,
-                    sampler={"type": "tpe", "n_startup_trials": 4, "seed": seed}, pruner=pruner_options(label, args.train),
+                    sampler={"type": "tpe", "n_startup_trials": args.startup, "seed": seed},
+                    pruner=pruner_options(label, args.train, args.pruner_metric),
                     points_per_epoch=args.points,
                 )
                 objective = objective or build(spec)  # the pruner is the search's business, not the objective's
