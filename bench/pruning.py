@@ -73,7 +73,9 @@ def main() -> None:
         "freeze_depth": {"low": 0, "high": 4},
         "warmup_ratio": 0.1,
     }
-    arms = ["none"] + [p for p in args.pruners if p != "none"]
+    # Without "none" among --pruners, no baseline runs: each arm's compute and best are printed, and
+    # --dump keeps them, to set beside a baseline run earlier (or in another process) on the same seed.
+    arms = (["none"] if "none" in args.pruners else []) + [p for p in args.pruners if p != "none"]
     measured: dict[int, dict[str, tuple]] = {}
     dump = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,8 +105,9 @@ def main() -> None:
                 if args.dump:
                     with open(args.dump, "w") as f:
                         json.dump(dump, f, indent=1)
-    for label in arms[1:]:
-        report(label, measured)
+    if "none" in arms:
+        for label in arms[1:]:
+            report(label, measured)
 
 
 def report(label: str, measured: dict[int, dict[str, tuple]]) -> None:
