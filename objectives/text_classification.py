@@ -176,7 +176,7 @@ class TextClassification:
             self.train_model(model, params, self.spec.seed, validation=self.validation, on_eval=on_eval, on_batch=notes.batch, result=result)
         finally:
             self._record(trial, result, trainable, total, time.perf_counter() - start)
-            notes.close(result.examples_seen)  # a pruned trial has no result: keep how far it got
+            notes.close(result.examples_seen)  # a trial that failed between points got further than its last one
             del model
             gc.collect()
             if self.runtime.device.type == "cuda":
