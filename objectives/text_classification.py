@@ -161,13 +161,12 @@ class TextClassification:
         model = self.new_model(params, self.spec.seed)
         trainable, total = freezing.count_parameters(model)
         metric, reported = self.spec.metric, self.spec.pruning_metric
-        last_point = len(self.train) * params.epochs
 
         def on_eval(point) -> None:
             trial.report(point.metrics[reported], step=point.examples)
             log.info("trial %d: %s %.4f after %d examples (epoch %.2f)", trial.number, metric, point.metrics[metric], point.examples, point.epoch)
             # At the last point the training is paid for: pruning would only throw the result away.
-            if point.examples < last_point and trial.should_prune():
+            if not point.last and trial.should_prune():
                 raise optuna.TrialPruned(f"{reported} {point.metrics[reported]:.4f} after {point.examples} examples")
 
         result = TrainResult()  # filled as training goes: a pruned trial keeps what it did

@@ -53,6 +53,7 @@ class EvalPoint:
     examples: int  # nominal examples seen: the step reported to the pruner
     epoch: float
     metrics: dict[str, float]
+    last: bool = False  # no scheduled point follows: the training is done
 
 
 @dataclass
@@ -309,7 +310,7 @@ def fine_tune(
             while targets and seen >= targets[0] and not result.stopped_early:
                 result.train_seconds += time.perf_counter() - train_start
                 result.examples_seen = seen
-                scorer.score(model, targets.pop(0), len(train), result)
+                scorer.score(model, targets.pop(0), len(train), result, last=not targets)
                 train_start = time.perf_counter()
             if seen >= total_examples or result.stopped_early:
                 break
@@ -335,11 +336,11 @@ class _Scorer:
     patience: int | None = None
     stalled: int = 0  # evaluation points since the last new best
 
-    def score(self, model, target: int, n_train: int, result: TrainResult) -> None:
+    def score(self, model, target: int, n_train: int, result: TrainResult, last: bool = False) -> None:
         start = time.perf_counter()
         metrics = evaluate(model, self.validation, self.runtime, self.batch_size, self.num_labels)
         result.eval_seconds += time.perf_counter() - start
-        point = EvalPoint(examples=target, epoch=round(target / n_train, 4), metrics=metrics)
+        point = EvalPoint(examples=target, epoch=round(target / n_train, 4), metrics=metrics, last=last)
         result.points.append(point)
         if result.best is None or self._better(metrics[self.metric], result.best.metrics[self.metric]):
             result.best = point
