@@ -43,6 +43,7 @@ def replay(spec, trials: list[dict]) -> tuple[int, float, int]:
     from hpo.pruners import build_pruner
 
     study = optuna.create_study(direction=spec.direction, pruner=build_pruner(spec))
+    better = max if spec.direction == "maximize" else min
     examples = pruned = 0
     best = None
     for record in sorted(trials, key=lambda r: r["number"]):
@@ -57,10 +58,10 @@ def replay(spec, trials: list[dict]) -> tuple[int, float, int]:
                 pruned += 1
                 break
         else:
-            final = max(scores) if spec.direction == "maximize" else min(scores)  # the objective returns the best point
+            final = better(scores)  # the objective returns the best point
             study.tell(trial, final)
             examples += steps[-1]
-            best = final if best is None else (max if spec.direction == "maximize" else min)(best, final)
+            best = final if best is None else better(best, final)
     return examples, best, pruned
 
 
@@ -76,14 +77,14 @@ def main() -> None:
     for path in args.dumps:
         with open(path) as f:
             records = [r for r in json.load(f) if r["pruner"] == "none" and r.get("metrics")]
-        studies.append((path, records))
+        # The baseline: the study as it ran, every trial to its end.
+        studies.append((path, records, replay(demo_study("sqlite://", pruner={"type": "none"}), records)))
     rows, summary = [], []
     for name, options in PRUNERS.items():
         options = {**options, "n_warmup_steps": args.train // 2} if options.get("n_warmup_steps") == "half" else options
         spec = demo_study("sqlite://", pruner=options)
         ratios, gaps = [], []
-        for path, records in studies:
-            base_examples, base_best, _ = replay(demo_study("sqlite://", pruner={"type": "none"}), records)
+        for path, records, (base_examples, base_best, _) in studies:
             examples, best, pruned = replay(spec, records)
             ratios.append(examples / base_examples)
             gaps.append(100 * (best - base_best))

@@ -323,16 +323,12 @@ class StudySpec(Strict):
         """A metric or a loss option that the task cannot produce dooms every trial: say so now."""
         regression = self.task == "text-regression"
         allowed = REGRESSION_METRICS if regression else CLASSIFICATION_METRICS
-        if self.metric not in allowed:
-            raise PydanticCustomError(
-                "task", "{metric} does not apply to {task} (use {allowed})",
-                {"field": "metric", "metric": self.metric, "task": self.task, "allowed": ", ".join(allowed)},
-            )
-        if self.pruner.metric is not None and self.pruner.metric not in allowed:
-            raise PydanticCustomError(
-                "task", "{metric} does not apply to {task} (use {allowed})",
-                {"field": "pruner.metric", "metric": self.pruner.metric, "task": self.task, "allowed": ", ".join(allowed)},
-            )
+        for field, metric in (("metric", self.metric), ("pruner.metric", self.pruner.metric)):
+            if metric is not None and metric not in allowed:
+                raise PydanticCustomError(
+                    "task", "{metric} does not apply to {task} (use {allowed})",
+                    {"field": field, "metric": metric, "task": self.task, "allowed": ", ".join(allowed)},
+                )
         if self.pruner.type == "hyperband" and METRICS[self.pruning_metric] != self.direction:
             raise PydanticCustomError(
                 "task", "hyperband judges with the study's direction; {metric} runs the other way (use median, percentile or successive_halving)",
