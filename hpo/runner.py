@@ -132,7 +132,7 @@ def open_study(spec: StudySpec, options: WorkerOptions, study_attrs: dict[str, A
         storage=store,
         # A different seed per worker and per launch, or resumed and parallel
         # workers would replay the same random draws.
-        sampler=build_sampler(spec, seed=_sampler_seed(spec.seed, options, started)),
+        sampler=build_sampler(spec, seed=_sampler_seed(spec, options, started)),
         pruner=build_pruner(spec),
     )
     for key, value in study_attrs.items():
@@ -141,13 +141,21 @@ def open_study(spec: StudySpec, options: WorkerOptions, study_attrs: dict[str, A
     return study
 
 
-def _sampler_seed(seed: int, options: WorkerOptions, started: int) -> int:
+def _sampler_seed(spec: StudySpec, options: WorkerOptions, started: int) -> int:
     """Distinct per worker, per host and per launch, yet repeatable for one worker on one host.
 
     Workers started by a scheduler (Kubernetes pods, Slurm tasks, compose
     replicas) all have index 0; their host names and worker names tell them apart.
+    A ``sampler.seed`` in the study file is used as given by the first worker of
+    a new study, so a one-worker study draws what ``TPESampler(seed=...)`` draws
+    anywhere; every other worker derives its own from it, or all of them would
+    draw the same random trials.
     """
-    identity = f"{seed}/{options.index}/{options.name}/{socket.gethostname()}/{started}"
+    explicit = spec.sampler.options.get("seed")
+    if explicit is not None and options.index == 0 and started == 0:
+        return int(explicit)
+    base = spec.seed if explicit is None else explicit
+    identity = f"{base}/{options.index}/{options.name}/{socket.gethostname()}/{started}"
     return int.from_bytes(hashlib.sha256(identity.encode()).digest()[:4], "big")
 
 

@@ -61,12 +61,13 @@ def check_sampler_options(spec: StudySpec) -> None:
 
 def build_sampler(spec: StudySpec, seed: int):
     """The sampler for one worker. ``seed`` differs per worker and per launch so
-    that parallel workers and resumed launches do not replay the same draws."""
+    that parallel workers and resumed launches do not replay the same draws; it
+    replaces a ``sampler.seed`` from the study file (the runner derives it from that)."""
     check_sampler_options(spec)
     options = dict(spec.sampler.options)
     cls = _classes()[spec.sampler.type]
     if "seed" in inspect.signature(cls).parameters:
-        options.setdefault("seed", seed)
+        options["seed"] = seed
     try:
         if spec.sampler.type == "grid":
             return cls(_grid(spec), **options)

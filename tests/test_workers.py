@@ -105,6 +105,22 @@ def test_parallel_workers_spend_the_budget_exactly(tmp_path, storage):
     assert len({t.number for t in done}) == 10
 
 
+def test_a_seed_in_the_study_file_repeats_alone_and_differs_per_worker(tmp_path):
+    """`sampler.seed` makes a one-worker study repeatable; parallel workers must not
+    all replay that seed's random draws (they did: the seed went to every worker)."""
+    first_draws = []
+    for run in range(2):
+        study = sleepy_study(tmp_path, f"sqlite:///{tmp_path / f'alone-{run}.db'}", n_trials=2, sampler={"type": "random", "seed": 7})
+        assert finish([start(study, 0, 0.1)]) == [0]
+        first_draws.append([t.params for t in trials(study)])
+    assert first_draws[0] == first_draws[1]
+
+    study = sleepy_study(tmp_path, f"sqlite:///{tmp_path / 'four.db'}", n_trials=8, sampler={"type": "random", "seed": 7})
+    assert finish([start(study, i, 0.3) for i in range(4)]) == [0, 0, 0, 0]
+    rates = [t.params["learning_rate"] for t in trials(study)]
+    assert len(set(rates)) == len(rates) == 8, rates
+
+
 def test_killed_worker_trial_is_retried_and_budget_stays_exact(tmp_path, postgres_url):
     study = sleepy_study(tmp_path, postgres_url, n_trials=4, heartbeat={"interval": 1, "grace_period": 3})
     victim = start(study, 0, 4.0)
