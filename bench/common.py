@@ -18,7 +18,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def demo_study(
+def demo_study(storage: str, **options: Any):
+    """The demo study (MiniLM-L6 on fine-food reviews), resized for a benchmark."""
+    from hpo.spec import parse_spec
+
+    return parse_spec(demo_study_file(storage, **options))
+
+
+def demo_study_file(
     storage: str,
     *,
     name: str = "bench",
@@ -33,11 +40,9 @@ def demo_study(
     search_space: dict[str, Any] | None = None,
     model: str = "demo",
     data: dict[str, Any] | None = None,
-):
-    """The demo study (MiniLM-L6 on fine-food reviews), resized for a benchmark."""
-    from hpo.spec import parse_spec
-
-    return parse_spec({
+) -> dict[str, Any]:
+    """What a study.yaml for that study holds, for benchmarks that run ``hpo launch`` as users do."""
+    return {
         "name": name, "storage": storage, "n_trials": n_trials, "seed": seed, "model": model,
         "metric": "accuracy",
         "data": {
@@ -55,7 +60,7 @@ def demo_study(
             "freeze_depth": {"low": 0, "high": 4},
             "warmup_ratio": 0.1,
         },
-    })
+    }
 
 
 def plain_loop(model, batcher, batches, learning_rate: float, epochs: int, warmup_ratio: float = 0.1, runtime=None) -> float:

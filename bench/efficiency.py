@@ -2,6 +2,7 @@
 
     python bench/efficiency.py [--train 100] [--validation 60] [--max-length 64] [--seeds 0 1 2 3 4]
                                [--pruners median halving none] [--save grid.json | --load grid.json]
+                               [--part 1/2 --save part1.json]   # then --load part1.json part2.json
 
 First the grid, trained for real: learning rate {2e-5, 3e-5, 5e-5} x batch
 size {16, 32} x epochs {2, 3, 4}, 18 fine-tunes of the demo MiniLM-L6 with
@@ -19,7 +20,8 @@ search replays them (report, ask the pruner, stop if pruned) instead of
 training again, and is charged the training examples up to where the trial
 ended. Goal: the median compute to reach the grid's best is at most half the
 grid's. ``--save`` keeps the grid's curves, ``--load`` replays searches on them
-without training again.
+without training again. ``--part K/N`` trains every N-th grid run only, so that
+N processes (one per core) share the grid; ``--load`` takes their files together.
 """
 
 from __future__ import annotations
@@ -36,11 +38,13 @@ from common import demo_study, median, quiet, table
 GRID = {"learning_rate": [2e-5, 3e-5, 5e-5], "batch_size": [16, 32], "epochs": [2, 3, 4]}
 
 
-def run_grid(objective, seed: int) -> dict[tuple, list[tuple[int, float]]]:
+def run_grid(objective, seed: int, part: int = 1, parts: int = 1) -> dict[tuple, list[tuple[int, float]]]:
     from hpo.params import TrainingParams
 
     runs = {}
-    for lr, batch, epochs in itertools.product(*GRID.values()):
+    for index, (lr, batch, epochs) in enumerate(itertools.product(*GRID.values())):
+        if index % parts != part - 1:
+            continue
         params = TrainingParams(learning_rate=lr, batch_size=batch, epochs=epochs, freeze_depth=0, warmup_ratio=0.1)
         result = objective.train_model(objective.new_model(params, seed), params, seed, validation=objective.validation)
         # The loss rides along (saved with --save) to replay pruners that watch it.
@@ -98,8 +102,12 @@ def main() -> None:
     parser.add_argument("--cap", type=int, default=36, help="most trials per search")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--save", help="write the grid's curves here")
-    parser.add_argument("--load", help="replay the searches on curves saved by --save (no training)")
+    parser.add_argument("--load", nargs="+", help="replay the searches on curves saved by --save (no training)")
+    parser.add_argument("--part", default="1/1", help="K/N: train every N-th grid run from the K-th, save it and stop")
     args = parser.parse_args()
+    part, parts = (int(x) for x in args.part.split("/"))
+    if parts > 1 and not args.save:
+        parser.error("--part needs --save: the parts are replayed together with --load")
     quiet(args.threads)
     from objectives import build
 
@@ -112,18 +120,25 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         if args.load:
-            saved = json.loads(Path(args.load).read_text())
-            n, n_validation = saved["train"], saved["validation"]
-            runs = {tuple(json.loads(key)): [tuple(p) for p in points] for key, points in saved["runs"].items()}
+            runs = {}
+            for file in args.load:
+                saved = json.loads(Path(file).read_text())
+                n, n_validation = saved["train"], saved["validation"]
+                runs.update({tuple(json.loads(key)): [tuple(p) for p in points] for key, points in saved["runs"].items()})
+            if len(runs) != 18:
+                parser.error(f"--load: {len(runs)} of the grid's 18 runs in those files")
         else:
             base = demo_study(f"sqlite:///{tmp}/b.db", train=args.train, validation=args.validation, max_length=args.max_length, search_space=space,
                               points_per_epoch=args.points)
             objective = build(base)
-            runs = run_grid(objective, base.seed)
+            runs = run_grid(objective, base.seed, part, parts)
             n, n_validation = len(objective.train), len(objective.validation)
             if args.save:
                 with open(args.save, "w") as f:
                     json.dump({"train": n, "validation": n_validation, "runs": {json.dumps(list(k)): v for k, v in runs.items()}}, f)
+            if parts > 1:
+                print(f"part {part}/{parts}: {len(runs)} grid runs saved to {args.save}; replay with --load and every part's file")
+                return
         grid_examples = sum(n * epochs for (_, _, epochs) in runs)
         target = max(p[1] for points in runs.values() for p in points)
         rows, summary = [], []

@@ -2,7 +2,7 @@
 
     pip install -e ".[bench]"    # accelerate, which Trainer needs
     python bench/peer.py [--trials 8] [--train 300] [--validation 200] [--max-length 64] [--repeats 3] [--tpe-seed 0] [--matched]
-                         [--pruner-metric loss]
+                         [--pruner-metric loss] [--threads 2 --hpo-workers 2]
 
 Both tools tune the demo MiniLM-L6 on the same reviews (the same split, the
 same tokenization) over the same space: learning rate 2e-5..3e-4 (log), batch
@@ -21,8 +21,12 @@ by length, reports at examples seen and scores a trial by its best point.
 hpo the peer's one evaluation per epoch (the comparison of the first run).
 
 Each tool runs in its own process (nothing warm is shared), the wall clock
-covers data loading, model loading and the whole search (library imports are
-done before it starts), and the runs alternate which tool goes first.
+covers data loading, model loading and the whole search, and the runs
+alternate which tool goes first. hpo runs as users run it, ``hpo launch
+study.yaml --workers N``, so its clock also covers its workers' imports; the
+peer's imports are done before its clock starts. ``--threads`` is the cores
+each tool may use: the peer's torch threads (it runs trials one after another:
+its search is not safe to run in threads), or hpo's workers' share of them.
 Goal: at most 0.6 of the peer's wall time at an equal or better best score.
 """
 
@@ -30,18 +34,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
-from common import demo_study, median, quiet, table
+from common import demo_study, demo_study_file, median, quiet, table
 
 SPACE = {"lr": (2.0e-5, 3.0e-4), "batch": [16, 32], "epochs": (1, 2)}
 
 
-def study(storage: str, args):
-    return demo_study(
+def study(storage: str, args, as_file: bool = False):
+    return (demo_study_file if as_file else demo_study)(
         storage, name="peer-bench", n_trials=args.trials, train=args.train, validation=args.validation,
         max_length=args.max_length, points_per_epoch=1 if args.matched else 2,
         sampler={"type": "tpe", "n_startup_trials": 3, "seed": args.tpe_seed},
@@ -76,20 +82,24 @@ def trial_line(trial) -> str:
 
 
 def run_hpo(args, tmp: str) -> dict:
-    from common import best_value, run_study
-    from objectives import build
+    """``hpo launch study.yaml --workers N``, as a user types it; the clock includes
+    the workers' start-up (their imports), which the peer's does not."""
+    import optuna
+    import yaml
 
-    warm_imports()
+    path = Path(tmp) / "study.yaml"
+    path.write_text(yaml.safe_dump(study(f"sqlite:///{tmp}/hpo.db", args, as_file=True)))
+    threads = max(1, args.threads // args.hpo_workers)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    command = [sys.executable, "-m", "hpo", "launch", str(path), "--workers", str(args.hpo_workers), "--quiet"]
     start = time.perf_counter()
-    spec = study(f"sqlite:///{tmp}/hpo.db", args)
-    _, trials = run_study(spec, build(spec))
+    subprocess.run(command, cwd=tmp, env=env, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
+    trials = [t for t in optuna.load_study(study_name="peer-bench", storage=f"sqlite:///{tmp}/hpo.db").trials if t.state.is_finished()]
     best = max((t for t in trials if t.value is not None), key=lambda t: t.value)
-    import torch
-
-    return {"wall": wall, "best": best_value(trials), "params": best.params,
-            "pruned": sum(t.state.name == "PRUNED" for t in trials), "trials": len(trials), "threads": torch.get_num_threads(),
-            "each": [trial_line(t) for t in trials]}
+    return {"wall": wall, "best": best.value, "params": best.params,
+            "pruned": sum(t.state.name == "PRUNED" for t in trials), "trials": len(trials),
+            "threads": f"{args.hpo_workers} workers x {threads}", "each": [trial_line(t) for t in trials]}
 
 
 def run_peer(args, tmp: str) -> dict:
@@ -158,7 +168,9 @@ def main() -> None:
     parser.add_argument("--validation", type=int, default=200)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="cores each tool may use: the peer's torch threads; "
+                        "hpo's are shared by its workers")
+    parser.add_argument("--hpo-workers", type=int, default=1, help="hpo's worker processes on the one study (hpo launch --workers)")
     parser.add_argument("--tpe-seed", type=int, default=0, help="the TPE seed both tools use")
     parser.add_argument("--matched", action="store_true", help="same batch grouping, evaluation batch and evaluation points")
     parser.add_argument("--pruner-metric", choices=["loss"], help="hpo's pruner judges the validation loss (pruner.metric); "
@@ -173,7 +185,8 @@ def main() -> None:
         return
 
     forwarded = [f"--trials={args.trials}", f"--train={args.train}", f"--validation={args.validation}",
-                 f"--max-length={args.max_length}", f"--threads={args.threads}", f"--tpe-seed={args.tpe_seed}"] + (["--matched"] if args.matched else []) + \
+                 f"--max-length={args.max_length}", f"--threads={args.threads}", f"--tpe-seed={args.tpe_seed}",
+                 f"--hpo-workers={args.hpo_workers}"] + (["--matched"] if args.matched else []) + \
         ([f"--pruner-metric={args.pruner_metric}"] if args.pruner_metric else [])
     rows, ratios = [], []
     for repeat in range(args.repeats):
