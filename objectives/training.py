@@ -178,20 +178,26 @@ def _optimizer(model: torch.nn.Module, params: TrainingParams, device: torch.dev
 def batch_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, group_by_length: bool) -> list[np.ndarray]:
     """Shuffled batches; with grouping, each batch holds examples of similar length.
 
-    Grouping sorts within random chunks of 50 batches (as Hugging Face's
-    LengthGroupedSampler does), then shuffles the batches, so padding shrinks
-    while every epoch still sees a different random order.
+    Grouping sorts within random chunks ("megabatches") and then shuffles the
+    batches, so padding shrinks while every epoch still sees different batches.
+    A chunk is 50 batches, or fewer so that there are at least 4 chunks, as in
+    Hugging Face's LengthGroupedSampler: with one chunk for the whole set (any
+    set under 50 batches, the demo's included) every epoch got the same
+    batches, each of reviews of one length, in a new order.
     """
     order = rng.permutation(len(lengths))
     if group_by_length:
-        chunk = batch_size * 50
-        order = np.concatenate(
-            [part[np.argsort(-lengths[part], kind="stable")] for part in np.array_split(order, max(1, len(order) // chunk))]
-        )
+        chunk = batch_size * max(1, min(len(order) // (batch_size * 4), 50))
+        order = np.concatenate([part[np.argsort(-lengths[part], kind="stable")] for part in _chunks(order, chunk)])
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if group_by_length:
         batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches
+
+
+def _chunks(order: np.ndarray, size: int) -> list[np.ndarray]:
+    """Consecutive slices of ``size`` (the last may be shorter): whole batches stay within one chunk."""
+    return [order[i : i + size] for i in range(0, len(order), size)] or [order]
 
 
 def eval_targets(n_train: int, epochs: int, points_per_epoch: int) -> list[int]:

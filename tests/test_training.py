@@ -24,6 +24,26 @@ def spec(tmp_path, tiny_model, tiny_data):
     return parse_spec(study)
 
 
+def test_length_grouped_batches_change_from_epoch_to_epoch_on_a_small_set():
+    """Under 50 batches, the whole set was one sorted chunk: every epoch trained on the
+    same batches in a new order. Grouping must keep batches random yet cut padding."""
+    import numpy as np
+
+    from objectives.training import batch_order
+
+    rng = np.random.default_rng(0)
+    lengths = rng.permutation(1000) % 500 + 8  # 1,000 texts, 31 batches of 32
+    epochs = [batch_order(lengths, 32, rng, group_by_length=True) for _ in range(2)]
+    assert all(sorted(np.concatenate(batches).tolist()) == list(range(1000)) for batches in epochs)
+    same = {frozenset(b.tolist()) for b in epochs[0]} & {frozenset(b.tolist()) for b in epochs[1]}
+    assert len(same) <= 1, f"{len(same)} of 32 batches repeat in the next epoch"
+
+    def padded_tokens(batches):
+        return sum(len(b) * int(lengths[b].max()) for b in batches)
+
+    assert padded_tokens(epochs[0]) < 0.7 * padded_tokens(batch_order(lengths, 32, rng, group_by_length=False))
+
+
 def test_freezing_leaves_exactly_the_frozen_weights_unchanged(spec):
     objective = build(spec)
     params = TrainingParams(learning_rate=5e-3, batch_size=16, epochs=1, freeze_depth=1)
