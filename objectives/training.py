@@ -183,7 +183,7 @@ def batch_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, 
     A chunk is 50 batches, or fewer so that there are at least 4 chunks, as in
     Hugging Face's LengthGroupedSampler: with one chunk for the whole set (any
     set under 50 batches, the demo's included) every epoch got the same
-    batches, each of reviews of one length, in a new order.
+    batches (each of texts of about one length) in a new order.
     """
     order = rng.permutation(len(lengths))
     if group_by_length:
