@@ -41,13 +41,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import demo_study, demo_study_file, median, quiet, table
+from common import demo_study_file, median, quiet, table
 
 SPACE = {"lr": (2.0e-5, 3.0e-4), "batch": [16, 32], "epochs": (1, 2)}
 
 
-def study(storage: str, args, as_file: bool = False):
-    return (demo_study_file if as_file else demo_study)(
+def study(storage: str, args) -> dict:
+    """What the study file holds; the peer reads the same data and space from it."""
+    return demo_study_file(
         storage, name="peer-bench", n_trials=args.trials, train=args.train, validation=args.validation,
         max_length=args.max_length, points_per_epoch=1 if args.matched else 2,
         sampler={"type": "tpe", "n_startup_trials": 3, "seed": args.tpe_seed},
@@ -60,16 +61,6 @@ def study(storage: str, args, as_file: bool = False):
             "warmup_ratio": 0.1,
         },
     )
-
-
-def warm_imports() -> None:
-    """Both tools import the same libraries; that cost (tens of seconds on a busy
-    2-core machine) is paid before either clock starts."""
-    import optuna  # noqa: F401
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments  # noqa: F401
-
-    import hpo.runner  # noqa: F401
-    import objectives.text_classification  # noqa: F401
 
 
 def trial_line(trial) -> str:
@@ -88,7 +79,7 @@ def run_hpo(args, tmp: str) -> dict:
     import yaml
 
     path = Path(tmp) / "study.yaml"
-    path.write_text(yaml.safe_dump(study(f"sqlite:///{tmp}/hpo.db", args, as_file=True)))
+    path.write_text(yaml.safe_dump(study(f"sqlite:///{tmp}/hpo.db", args)))
     threads = max(1, args.threads // args.hpo_workers)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     command = [sys.executable, "-m", "hpo", "launch", str(path), "--workers", str(args.hpo_workers), "--quiet"]
@@ -108,13 +99,14 @@ def run_peer(args, tmp: str) -> dict:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
 
+    from hpo.spec import parse_spec
     from objectives.data import load_splits
     from objectives.model import resolve
     from objectives.tokens import tokenize
 
-    warm_imports()
+    # Imports above, before the clock: the peer's clock covers its search, not library loading.
     start = time.perf_counter()
-    spec = study(f"sqlite:///{tmp}/unused.db", args)
+    spec = parse_spec(study(f"sqlite:///{tmp}/unused.db", args))
     splits = load_splits(spec.data, spec.seed)
     tokenizer = AutoTokenizer.from_pretrained(resolve(spec.model))
     train = tokenize(splits.train, tokenizer, spec.data.text_columns, spec.data.max_length)

@@ -188,16 +188,17 @@ def batch_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, 
     order = rng.permutation(len(lengths))
     if group_by_length:
         chunk = batch_size * max(1, min(len(order) // (batch_size * 4), 50))
-        order = np.concatenate([part[np.argsort(-lengths[part], kind="stable")] for part in _chunks(order, chunk)])
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        order = np.concatenate([part[np.argsort(-lengths[part], kind="stable")] for part in _slices(order, chunk)] or [order])
+    batches = _slices(order, batch_size)
     if group_by_length:
         batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches
 
 
-def _chunks(order: np.ndarray, size: int) -> list[np.ndarray]:
-    """Consecutive slices of ``size`` (the last may be shorter): whole batches stay within one chunk."""
-    return [order[i : i + size] for i in range(0, len(order), size)] or [order]
+def _slices(order: np.ndarray, size: int) -> list[np.ndarray]:
+    """Consecutive slices of ``size``, the last may be shorter: batches, and chunks
+    of whole batches (so that no batch straddles two sorted chunks)."""
+    return [order[i : i + size] for i in range(0, len(order), size)]
 
 
 def eval_targets(n_train: int, epochs: int, points_per_epoch: int) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -11,6 +12,7 @@ from hpo.params import TrainingParams
 from hpo.runner import WorkerOptions, run_worker
 from hpo.spec import PrunerSpec, parse_spec
 from objectives import build, freezing
+from objectives.training import batch_order
 
 from conftest import study_dict
 
@@ -27,12 +29,8 @@ def spec(tmp_path, tiny_model, tiny_data):
 def test_length_grouped_batches_change_from_epoch_to_epoch_on_a_small_set():
     """Under 50 batches, the whole set was one sorted chunk: every epoch trained on the
     same batches in a new order. Grouping must keep batches random yet cut padding."""
-    import numpy as np
-
-    from objectives.training import batch_order
-
     rng = np.random.default_rng(0)
-    lengths = rng.permutation(1000) % 500 + 8  # 1,000 texts, 31 batches of 32
+    lengths = rng.permutation(1000) % 500 + 8  # 1,000 texts: 32 batches of up to 32
     epochs = [batch_order(lengths, 32, rng, group_by_length=True) for _ in range(2)]
     assert all(sorted(np.concatenate(batches).tolist()) == list(range(1000)) for batches in epochs)
     same = {frozenset(b.tolist()) for b in epochs[0]} & {frozenset(b.tolist()) for b in epochs[1]}
