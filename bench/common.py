@@ -40,9 +40,11 @@ def demo_study_file(
     search_space: dict[str, Any] | None = None,
     model: str = "demo",
     data: dict[str, Any] | None = None,
+    runtime: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What a study.yaml for that study holds, for benchmarks that run ``hpo launch`` as users do."""
     return {
+        **({"runtime": runtime} if runtime else {}),
         "name": name, "storage": storage, "n_trials": n_trials, "seed": seed, "model": model,
         "metric": "accuracy",
         "data": {

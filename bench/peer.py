@@ -2,7 +2,7 @@
 
     pip install -e ".[bench]"    # accelerate, which Trainer needs
     python bench/peer.py [--trials 8] [--train 300] [--validation 200] [--max-length 64] [--repeats 3] [--tpe-seed 0] [--matched]
-                         [--pruner-metric loss] [--threads 2 --hpo-workers 2]
+                         [--pruner-metric loss] [--threads 2 --hpo-workers 2] [--hpo-precision fp32] [--peer-bf16]
 
 Both tools tune the demo MiniLM-L6 on the same reviews (the same split, the
 same tokenization) over the same space: learning rate 2e-5..3e-4 (log), batch
@@ -19,6 +19,10 @@ every trial; hpo evaluates twice per epoch with batches of 64, groups batches
 by length, reports at examples seen and scores a trial by its best point.
 ``--matched`` gives the peer hpo's batch grouping and evaluation batch, and
 hpo the peer's one evaluation per epoch (the comparison of the first run).
+Precision too stays at each tool's default: hpo's ``runtime.precision: auto``
+trains in bf16 autocast on a CPU with native bf16, the peer in fp32 unless
+told ``bf16=True``; ``--peer-bf16`` tells it, ``--hpo-precision fp32`` holds
+hpo to fp32.
 
 Each tool runs in its own process (nothing warm is shared), the wall clock
 covers data loading, model loading and the whole search, and the runs
@@ -51,6 +55,7 @@ def study(storage: str, args) -> dict:
     return demo_study_file(
         storage, name="peer-bench", n_trials=args.trials, train=args.train, validation=args.validation,
         max_length=args.max_length, points_per_epoch=1 if args.matched else 2,
+        runtime={"precision": args.hpo_precision} if args.hpo_precision != "auto" else None,
         sampler={"type": "tpe", "n_startup_trials": 3, "seed": args.tpe_seed},
         pruner={"type": "median", "n_startup_trials": 2, **({"metric": args.pruner_metric} if args.pruner_metric else {})},
         search_space={
@@ -132,7 +137,7 @@ def run_peer(args, tmp: str) -> dict:
     matched = {"per_device_eval_batch_size": 64, "train_sampling_strategy": "group_by_length"} if args.matched else {}
     training_args = TrainingArguments(
         output_dir=f"{tmp}/peer", eval_strategy="epoch", save_strategy="no", logging_strategy="no", report_to="none",
-        use_cpu=True, disable_tqdm=True, seed=spec.seed, warmup_steps=0.1, **matched,
+        use_cpu=True, disable_tqdm=True, seed=spec.seed, warmup_steps=0.1, bf16=args.peer_bf16, **matched,
     )
     trainer = Trainer(
         model_init=model_init, args=training_args, train_dataset=train, eval_dataset=validation,
@@ -167,6 +172,8 @@ def main() -> None:
     parser.add_argument("--matched", action="store_true", help="same batch grouping, evaluation batch and evaluation points")
     parser.add_argument("--pruner-metric", choices=["loss"], help="hpo's pruner judges the validation loss (pruner.metric); "
                         "the peer's pruner can only see its objective")
+    parser.add_argument("--hpo-precision", choices=["auto", "fp32", "bf16"], default="auto", help="hpo's runtime.precision")
+    parser.add_argument("--peer-bf16", action="store_true", help="the peer trains with bf16=True (its default is fp32)")
     parser.add_argument("--run", choices=["hpo", "peer"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
@@ -178,7 +185,8 @@ def main() -> None:
 
     forwarded = [f"--trials={args.trials}", f"--train={args.train}", f"--validation={args.validation}",
                  f"--max-length={args.max_length}", f"--threads={args.threads}", f"--tpe-seed={args.tpe_seed}",
-                 f"--hpo-workers={args.hpo_workers}"] + (["--matched"] if args.matched else []) + \
+                 f"--hpo-workers={args.hpo_workers}", f"--hpo-precision={args.hpo_precision}"] + \
+        (["--matched"] if args.matched else []) + (["--peer-bf16"] if args.peer_bf16 else []) + \
         ([f"--pruner-metric={args.pruner_metric}"] if args.pruner_metric else [])
     rows, ratios = [], []
     for repeat in range(args.repeats):

@@ -105,6 +105,8 @@ def training_arguments(spec: StudySpec, winner: Winner) -> dict[str, Any]:
         "max_grad_norm": params.max_grad_norm,
         "seed": seed,
     }
+    if winner.trial.user_attrs.get("precision") == "bf16":  # the search picked bf16 autocast on this hardware
+        arguments["bf16"] = True
     if major is not None and major >= 5:  # TrainingArguments renamed these in transformers 5
         arguments["warmup_steps"] = params.warmup_ratio  # a float below 1 is a ratio of the steps
         arguments["train_sampling_strategy"] = "group_by_length" if spec.data.group_by_length else "random"

@@ -35,7 +35,7 @@ def note_text(spec: StudySpec) -> str:
             "- **Intermediate values** are validation scores after a number of *training examples seen* "
             f"({spec.evaluation.points_per_epoch} per epoch), so trials with different batch sizes line up.",
             "- **Trial user attributes**: `examples_per_second`, `wall_seconds`, `trainable_fraction`, "
-            "`peak_memory_mb`, `device`; `best_examples`/`best_epoch` (where the best score was reached); "
+            "`peak_memory_mb`, `device`, `precision` (bf16 autocast or fp32); `best_examples`/`best_epoch` (where the best score was reached); "
             "`examples_seen`/`examples_total` while a trial runs; `fail_reason` for failed trials.",
             "- **Study user attributes**: `spec` (the resolved study file, storage left out), the label mapping, "
             "data sizes; `retrain` holds the test results once the winner is retrained.",

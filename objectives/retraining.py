@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -112,7 +112,10 @@ def retrain(objective, params: TrainingParams, seed: int, *, on: str, epochs: fl
             )
             keeper.restore()
             kept = dict(result.best.metrics) if result.best else None
-        test = evaluate(model, objective.test, objective.runtime, objective.spec.evaluation.batch_size, len(objective.label_names))
+        # In full precision even where training ran in bf16 autocast: the recorded test score is then
+        # exactly what the exported (fp32) model scores as users load it.
+        fp32 = replace(objective.runtime, autocast_dtype=None)
+        test = evaluate(model, objective.test, fp32, objective.spec.evaluation.batch_size, len(objective.label_names))
         save(model, objective.pretrained.tokenizer, directory)
     finally:
         del model

@@ -180,6 +180,7 @@ def test_export_folder_reproduces_the_recorded_test_metric(retrained, tmp_path):
     assert args["training_arguments"]["per_device_train_batch_size"] == winner.params["batch_size"]
     assert args["training_arguments"]["num_train_epochs"] == record["winner"]["best_epoch"]
     assert args["freeze_depth"] == winner.params["freeze_depth"]
+    assert args["training_arguments"].get("bf16", False) == (winner.user_attrs["precision"] == "bf16")
 
     card = (out / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\n")
