@@ -105,7 +105,7 @@ class TextClassification:
             "model_depth": self.depth,
             "model_parameters": total,
             "device": str(self.runtime.device),
-            "precision": "bf16" if self.runtime.autocast_dtype is not None else "fp32",
+            "precision": self.runtime.precision,
         }
 
     def new_model(self, params: TrainingParams, seed: int):
@@ -196,7 +196,7 @@ class TextClassification:
             "trainable_parameters": trainable,
             "trainable_fraction": round(trainable / total, 4),
             "device": str(self.runtime.device),
-            "precision": "bf16" if self.runtime.autocast_dtype is not None else "fp32",
+            "precision": self.runtime.precision,
             "peak_memory_mb": _peak_memory_mb(self.runtime.device),
             "stopped_early": result.stopped_early,
         }

@@ -31,6 +31,11 @@ class Runtime:
     device: torch.device
     autocast_dtype: torch.dtype | None  # None: full fp32
 
+    @property
+    def precision(self) -> str:
+        """As the study file spells it, for the trial's record."""
+        return "fp32" if self.autocast_dtype is None else "bf16"
+
 
 def pick_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     if device == "auto":
