@@ -79,7 +79,7 @@ def main() -> None:
     measured: dict[int, dict[str, tuple]] = {}
     dump = []
     with tempfile.TemporaryDirectory() as tmp:
-        objective = None
+        built = {}  # pruning metric -> objective
         for k, seed in enumerate(args.seeds):
             measured[seed] = {}
             for label in arms[k % len(arms):] + arms[: k % len(arms)]:
@@ -90,7 +90,11 @@ def main() -> None:
                     pruner=pruner_options(label, args.train, args.pruner_metric),
                     points_per_epoch=args.points,
                 )
-                objective = objective or build(spec)  # the pruner is the search's business, not the objective's
+                # One objective per reported metric: the objective reports what the spec it was built
+                # from names (pruner.metric), so the baseline's cannot serve an arm that prunes on the loss.
+                if spec.pruning_metric not in built:
+                    built[spec.pruning_metric] = build(spec)
+                objective = built[spec.pruning_metric]
                 wall, trials = run_study(spec, objective)
                 examples = sum(examples_processed(t) for t in trials)
                 pruned = sum(t.state.name == "PRUNED" for t in trials)
