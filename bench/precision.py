@@ -7,8 +7,9 @@
 bf16 natively (AVX512-BF16 or AMX), because there it is faster; this measures
 that choice. For each seed and learning rate it fine-tunes the demo MiniLM-L6
 once in fp32 and once in bf16 (same head initialisation, same batch order),
-alternating which goes first (after an untimed warm-up of each), and prints training and evaluation speed and
-the validation accuracy and loss of both side by side. It refuses to run on a
+alternating which goes first after an untimed warm-up of each, and prints
+training and evaluation speed and the validation accuracy and loss of both
+side by side. It refuses to run on a
 CPU without native bf16, where the comparison would only show emulation.
 """
 
@@ -43,21 +44,21 @@ def main() -> None:
 
     if not bf16_is_faster(torch.device("cpu")):
         raise SystemExit("this CPU has no native bf16 (AVX512-BF16 or AMX): precision auto keeps fp32 here")
-    objectives = {}
+    built = {}  # precision -> objective
     with tempfile.TemporaryDirectory() as tmp:
         for precision in PRECISIONS:
             spec = demo_study(f"sqlite:///{tmp}/bench.db", train=args.train, validation=args.validation,
                               max_length=args.max_length, runtime={"device": "cpu", "precision": precision})
-            objectives[precision] = build(spec)
+            built[precision] = build(spec)
     warm = TrainingParams(learning_rate=1e-4, batch_size=args.batch_size, epochs=1, freeze_depth=0)
-    for objective in objectives.values():  # untimed: the first run in a process trains up to 1.4x slower
+    for objective in built.values():  # untimed: the first run in a process trains up to 1.4x slower
         objective.train_model(objective.new_model(warm, 0), warm, 0, max_examples=8 * args.batch_size)
     rows, speed, gaps = [], [], []
     for i, (seed, lr) in enumerate((s, lr) for s in args.seeds for lr in args.learning_rates):
         params = TrainingParams(learning_rate=lr, batch_size=args.batch_size, epochs=args.epochs, freeze_depth=0, warmup_ratio=0.1)
         results = {}
         for precision in PRECISIONS if i % 2 == 0 else PRECISIONS[::-1]:
-            objective = objectives[precision]
+            objective = built[precision]
             results[precision] = objective.train_model(objective.new_model(params, seed), params, seed, validation=objective.validation)
         fp32, bf16 = results["fp32"], results["bf16"]
         speed.append(bf16.examples_per_second / fp32.examples_per_second)

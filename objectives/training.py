@@ -68,10 +68,8 @@ def bf16_is_faster(dev: torch.device) -> bool:
     private torch functions, hence the guarded lookups: a torch without them
     gets fp32.
     """
-    if dev.type == "cuda":
-        return torch.cuda.is_bf16_supported()
     if dev.type != "cpu":
-        return False
+        return bf16_runs(dev)  # a GPU that runs bf16 runs it natively
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 

@@ -46,7 +46,8 @@ def test_length_grouped_batches_change_from_epoch_to_epoch_on_a_small_set():
 
 def _cpu_multiplies_in_bf16() -> bool:
     """Read from the kernel, not from torch's probe that the product uses."""
-    flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    flags = next((line for line in lines if line.startswith("flags")), "").split()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
