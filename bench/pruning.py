@@ -8,7 +8,8 @@ the study seed as sampler seed) once with ``pruner: none`` and once with each
 pruner named, for each seed; the variants of a seed run back to back, in an
 order that rotates between seeds. The pruners:
 
-- ``median``: the demo's (3 startup trials, no pruning before half an epoch);
+- ``median``: the demo's (3 startup trials, no pruning before half an epoch,
+  or before ``--warmup`` examples);
 - ``halving``: successive halving (asynchronous, as ASHA): at the first
   evaluation point, then at 2, 4, 8... times as many examples, a trial goes on
   only if it is in the better half of every trial that reached that point
@@ -37,11 +38,11 @@ def examples_processed(trial) -> int:
     return trial.user_attrs["examples_seen"]
 
 
-def pruner_options(name: str, train: int, metric: str | None = None) -> dict:
-    half_epoch = train // 2
+def pruner_options(name: str, train: int, metric: str | None = None, warmup: int | None = None) -> dict:
+    warmup = train // 2 if warmup is None else warmup  # the demo's: half an epoch
     options = {
         "none": {"type": "none"},
-        "median": {"type": "median", "n_startup_trials": 3, "n_warmup_steps": half_epoch},
+        "median": {"type": "median", "n_startup_trials": 3, "n_warmup_steps": warmup},
         # min_resource left out: hpo starts the rungs at the first evaluation point.
         "halving": {"type": "successive_halving", "reduction_factor": 2},
     }[name]
@@ -60,6 +61,7 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=2, help="evaluation points per epoch")
     parser.add_argument("--startup", type=int, default=4, help="TPE's random startup trials (the demo: 5)")
     parser.add_argument("--pruner-metric", choices=["loss"], help="the median and halving arms judge this metric (pruner.metric)")
+    parser.add_argument("--warmup", type=int, help="examples before the median arm may prune (default: half an epoch)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dump", help="write every trial's configuration and curve to this JSON file")
     args = parser.parse_args()
@@ -87,7 +89,7 @@ def main() -> None:
                     f"sqlite:///{tmp}/bench.db", name=f"pruning-{seed}-{label}", n_trials=args.trials, seed=seed,
                     train=args.train, validation=args.validation, max_length=args.max_length, search_space=space,
                     sampler={"type": "tpe", "n_startup_trials": args.startup, "seed": seed},
-                    pruner=pruner_options(label, args.train, args.pruner_metric),
+                    pruner=pruner_options(label, args.train, args.pruner_metric, args.warmup),
                     points_per_epoch=args.points,
                 )
                 # One objective per reported metric: the objective reports what the spec it was built

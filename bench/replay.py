@@ -30,6 +30,11 @@ PRUNERS = {
     "median (demo)": {"type": "median", "n_startup_trials": 3, "n_warmup_steps": "half"},
     "median, loss": {"type": "median", "n_startup_trials": 3, "n_warmup_steps": "half", "metric": "loss"},
     "median, loss, from 1st point": {"type": "median", "n_startup_trials": 3, "n_warmup_steps": 0, "metric": "loss"},
+    "median, loss, n_min_trials 3": {"type": "median", "n_startup_trials": 3, "n_warmup_steps": "half", "metric": "loss", "n_min_trials": 3},
+    "median, loss, 5 startup": {"type": "median", "n_startup_trials": 5, "n_warmup_steps": "half", "metric": "loss"},
+    "median, loss, from 1 epoch": {"type": "median", "n_startup_trials": 3, "n_warmup_steps": "epoch", "metric": "loss"},
+    "percentile 25, loss, from 1 epoch": {"type": "percentile", "percentile": 25.0, "n_startup_trials": 3, "n_warmup_steps": "epoch", "metric": "loss"},
+    "percentile 33, loss, from 1 epoch": {"type": "percentile", "percentile": 33.0, "n_startup_trials": 3, "n_warmup_steps": "epoch", "metric": "loss"},
     "percentile 40, loss": {"type": "percentile", "percentile": 40.0, "n_startup_trials": 3, "n_warmup_steps": "half", "metric": "loss"},
     "halving": {"type": "successive_halving", "reduction_factor": 2},
     "halving, loss": {"type": "successive_halving", "reduction_factor": 2, "metric": "loss"},
@@ -81,7 +86,8 @@ def main() -> None:
         studies.append((path, records, replay(demo_study("sqlite://", pruner={"type": "none"}), records)))
     rows, summary = [], []
     for name, options in PRUNERS.items():
-        options = {**options, "n_warmup_steps": args.train // 2} if options.get("n_warmup_steps") == "half" else options
+        warmup = {"half": args.train // 2, "epoch": args.train}.get(options.get("n_warmup_steps"))
+        options = {**options, "n_warmup_steps": warmup} if warmup is not None else options
         spec = demo_study("sqlite://", pruner=options)
         ratios, gaps = [], []
         for path, records, (base_examples, base_best, _) in studies:
