@@ -8,8 +8,9 @@ the study seed as sampler seed) once with ``pruner: none`` and once with each
 pruner named, for each seed; the variants of a seed run back to back, in an
 order that rotates between seeds. The pruners:
 
-- ``median``: the demo's (3 startup trials, no pruning before half an epoch,
-  or before ``--warmup`` examples);
+- ``median``: 3 startup trials, no pruning before ``--warmup`` examples (by
+  default half an epoch; the demo's is 500 examples, so pass ``--warmup 500``
+  to run the demo's pruner);
 - ``halving``: successive halving (asynchronous, as ASHA): at the first
   evaluation point, then at 2, 4, 8... times as many examples, a trial goes on
   only if it is in the better half of every trial that reached that point
@@ -39,7 +40,7 @@ def examples_processed(trial) -> int:
 
 
 def pruner_options(name: str, train: int, metric: str | None = None, warmup: int | None = None) -> dict:
-    warmup = train // 2 if warmup is None else warmup  # the demo's: half an epoch
+    warmup = train // 2 if warmup is None else warmup
     options = {
         "none": {"type": "none"},
         "median": {"type": "median", "n_startup_trials": 3, "n_warmup_steps": warmup},
