@@ -25,9 +25,9 @@ import json
 from common import demo_study, geometric_mean, table
 
 # name -> the study file's `pruner:` section; n_warmup_steps "half" and "epoch"
-# are filled in from --train. The demo's pruner is "median, loss" at 1,000
-# reviews and "median, loss, from 1 epoch" at its own 500.
+# are filled in from --train.
 PRUNERS = {
+    "median, loss, from 500 (the demo's)": {"type": "median", "n_startup_trials": 3, "n_warmup_steps": 500, "metric": "loss"},
     "median, accuracy": {"type": "median", "n_startup_trials": 3, "n_warmup_steps": "half"},
     "median, loss": {"type": "median", "n_startup_trials": 3, "n_warmup_steps": "half", "metric": "loss"},
     "median, loss, from 1st point": {"type": "median", "n_startup_trials": 3, "n_warmup_steps": 0, "metric": "loss"},
