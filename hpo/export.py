@@ -13,7 +13,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -23,7 +23,7 @@ from hpo.errors import UserError
 from hpo.spec import StudySpec
 from hpo.yamlio import dump_yaml
 
-ENTRIES = ("best.yaml", "training_args.json", "metrics.json", "README.md", "model")
+ENTRIES = ("best.yaml", "training_args.json", "metrics.json", "README.md", "model", "merged")
 
 
 @dataclass(frozen=True)
@@ -113,17 +113,42 @@ def training_arguments(spec: StudySpec, winner: Winner) -> dict[str, Any]:
     else:
         arguments["warmup_ratio"] = params.warmup_ratio
         arguments["group_by_length"] = spec.data.group_by_length
-    notes.append("freeze_depth k: freeze the embeddings and the bottom k transformer layers (requires_grad=False)")
+    adapter = adapter_settings(spec, winner)
+    if adapter:
+        notes.append("adapter: the LoRA adapter as peft.LoraConfig keyword arguments; the base stays frozen, "
+                     "freeze_depth k keeps adapters out of the bottom k layers")
+    else:
+        notes.append("freeze_depth k: freeze the embeddings and the bottom k transformer layers (requires_grad=False)")
     expressed = {"learning_rate", "batch_size", "epochs", "weight_decay", "lr_scheduler", "max_grad_norm", "warmup_ratio", "freeze_depth"}
     return {
         "training_arguments": arguments,
         "freeze_depth": params.freeze_depth,
+        **({"adapter": adapter} if adapter else {}),
         # Knobs of the winner that TrainingArguments does not take as they are (set them on the model or loop).
-        "other_hyperparameters": {k: v for k, v in params.as_dict().items() if k not in expressed},
+        "other_hyperparameters": {k: v for k, v in params.as_dict().items() if k not in expressed and not k.startswith("lora_")},
         "model": spec.model,
         "max_length": spec.data.max_length,
         "for_transformers": f"{major}.x" if major else None,
         "notes": notes,
+    }
+
+
+def adapter_settings(spec: StudySpec, winner: Winner) -> dict[str, Any] | None:
+    """The winner's adapter as ``peft.LoraConfig(**settings)`` takes it, with the module names resolved
+    for this model (as the trial recorded them), or None for full fine-tuning."""
+    if spec.adapter.type == "none":
+        return None
+    params = retrain.params_of(spec, winner.trial)
+    recorded = winner.trial.user_attrs.get("adapter") or {}
+    return {
+        "type": spec.adapter.type,
+        "r": params.lora_r,
+        "lora_alpha": params.lora_scale_alpha,
+        "lora_dropout": params.lora_dropout,
+        "target": params.lora_target,
+        "target_modules": recorded.get("target_modules"),
+        "modules_to_save": recorded.get("trained_head_modules"),
+        "skipped_bottom_layers": params.freeze_depth,
     }
 
 
@@ -193,8 +218,12 @@ def _reason(exc: OSError) -> str:
     return f"{exc.strerror or exc}{where}"
 
 
-def write_folder(target: Path, files: dict[str, str], model: Path | None) -> None:
-    """Stage every file beside ``target``, then swap the folder in whole."""
+def write_folder(target: Path, files: dict[str, str], model: Path | None, merge: Callable[[Path, Path], None] | None = None) -> None:
+    """Stage every file beside ``target``, then swap the folder in whole.
+
+    ``merge(adapter_dir, out_dir)``, given with an adapter model, writes the
+    adapter folded into its base as ``merged/`` (the objective does that model work).
+    """
     _check_target(target)
     staging = None
     try:
@@ -203,6 +232,8 @@ def write_folder(target: Path, files: dict[str, str], model: Path | None) -> Non
             (staging / name).write_text(text, encoding="utf-8")
         if model is not None:
             shutil.copytree(model, staging / "model", ignore=shutil.ignore_patterns(retrain.RUN_FILE))
+            if merge is not None:
+                merge(staging / "model", staging / "merged")
         atomic.replace_dir(staging, target)
     except OSError as exc:
         raise UserError(f"cannot write the export to {target}: {_reason(exc)}; any previous export there is unchanged") from None
@@ -211,9 +242,14 @@ def write_folder(target: Path, files: dict[str, str], model: Path | None) -> Non
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def export_folder(target: Path, spec: StudySpec, study: optuna.Study, winner: Winner) -> Path | None:
+def export_folder(target: Path, spec: StudySpec, study: optuna.Study, winner: Winner,
+                  merge: Callable[[Path, Path], None] | None = None) -> Path | None:
     """Write the whole export; returns the model folder copied, or None when there is none yet."""
     model = model_folder(winner)
+    if merge is not None and spec.adapter.type == "none":
+        raise UserError("--merge folds an adapter into its base; this study fine-tunes the whole model (adapter.type none)")
+    if merge is not None and model is None:
+        raise UserError("--merge needs the retrained adapter: run `hpo retrain` first")
     args = training_arguments(spec, winner)
     metrics = metrics_document(spec, winner)
     files = {
@@ -222,5 +258,5 @@ def export_folder(target: Path, spec: StudySpec, study: optuna.Study, winner: Wi
         "metrics.json": json.dumps(metrics, indent=2) + "\n",
         "README.md": modelcard.render(spec, study, winner.trial, winner.record),
     }
-    write_folder(target, files, model)
+    write_folder(target, files, model, merge)
     return model

@@ -117,10 +117,47 @@ def _training(spec: StudySpec, trial: FrozenTrial, record: dict[str, Any] | None
                if split["split"] == "train+validation" else "keeping each seed's best validation point")
         lines.append(f"Retrained on {split['split']} ({split['examples']} examples), {how}; seeds "
                      f"{', '.join(str(s['seed']) for s in record['seeds'])}.")
-    lines += [f"`freeze_depth: {params['freeze_depth']}` keeps the embeddings and the bottom {params['freeze_depth']} "
-              "layers frozen. AdamW without decay on biases and norms, warmup then decay, padding per batch.",
+    if spec.adapter.type == "lora":
+        lines += [f"LoRA adapter (PEFT) on a frozen base: rank {params['lora_r']}, alpha "
+                  f"{params['lora_alpha'] if params['lora_alpha'] is not None else params['lora_alpha_ratio'] * params['lora_r']:g}, "
+                  f"dropout {params['lora_dropout']:g}, on the {params['lora_target']} linear layers"
+                  + (f" above the bottom {params['freeze_depth']} layers" if params["freeze_depth"] else "")
+                  + "; the task head trains in full. AdamW without decay on biases and norms, warmup then decay, padding per batch.",
+                  "`training_args.json` has the adapter as `peft.LoraConfig` keyword arguments (module names resolved for this model)."]
+    else:
+        lines += [f"`freeze_depth: {params['freeze_depth']}` keeps the embeddings and the bottom {params['freeze_depth']} "
+                  "layers frozen. AdamW without decay on biases and norms, warmup then decay, padding per batch."]
+    lines += [
               "`training_args.json` has the same settings as `transformers.TrainingArguments` keyword arguments."]
     return lines
+
+
+ADAPTER_USE = """## Use
+
+`model/` is a LoRA adapter with its trained head (PEFT format) for the base `{base}`;
+`merged/`, written by `hpo export --merge`, is the adapter folded into the base and needs no PEFT.
+
+```python
+from peft import PeftConfig, PeftModel
+from transformers import {auto}, AutoConfig, AutoTokenizer
+
+base_path = PeftConfig.from_pretrained("model").base_model_name_or_path  # the base it was trained on
+config = AutoConfig.from_pretrained(base_path, num_labels={num_labels}{labels})
+base = {auto}.from_pretrained(base_path, config=config)
+model = PeftModel.from_pretrained(base, "model").eval()  # this export's model/ folder
+tokenizer = AutoTokenizer.from_pretrained("model")
+# or, after `hpo export --merge`: {auto}.from_pretrained("merged")
+```
+"""
+
+
+def _adapter_use(spec: StudySpec, study: optuna.Study) -> str:
+    image = spec.task.startswith("image")
+    labels = study.user_attrs.get("label_names") or []
+    named = f", id2label={dict(enumerate(labels))}, label2id={ {n: i for i, n in enumerate(labels)} }" if labels else ""
+    text = ADAPTER_USE.replace("{base}", spec.model).replace("{num_labels}", str(len(labels) or 1)).replace("{labels}", named)
+    text = text.replace("{auto}", "AutoModelForImageClassification" if image else "AutoModelForSequenceClassification")
+    return text.replace("AutoTokenizer", "AutoImageProcessor") if image else text
 
 
 def _data(spec: StudySpec, study: optuna.Study, record: dict[str, Any] | None) -> list[str]:
@@ -167,6 +204,13 @@ Test scores come from one held-out split; the standard deviation covers seeds, n
 Fine-tuning results move with the seed, so expect a retrain to land within about that spread."""
 
 
+def _use(spec: StudySpec, study: optuna.Study) -> str:
+    plain = USE.replace("{pipeline}", _pipeline(spec)).replace("{sample}", _sample(spec))
+    if spec.adapter.type == "none":
+        return plain
+    return _adapter_use(spec, study) + plain[plain.index("\n## Reproduce"):]
+
+
 def render(spec: StudySpec, study: optuna.Study, trial: FrozenTrial, record: dict[str, Any] | None) -> str:
     counts = Counts.of(study.get_trials(deepcopy=False))
     sections = [
@@ -175,6 +219,6 @@ def render(spec: StudySpec, study: optuna.Study, trial: FrozenTrial, record: dic
         "\n".join(_training(spec, trial, record)),
         "\n".join(_data(spec, study, record)),
         "\n".join(_search(spec, counts)),
-        USE.replace("{pipeline}", _pipeline(spec)).replace("{sample}", _sample(spec)),
+        _use(spec, study),
     ]
     return "\n\n".join(sections) + "\n"
