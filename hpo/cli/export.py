@@ -40,5 +40,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {output}: {names}")
         print(f"no model exists yet: run `hpo retrain {args.study}` to retrain and test the winner, then export again")
     else:
-        print(f"wrote {output}: {names}, model/ (trial #{winner.trial.number}, seed {winner.record['model']['seed']})")
+        print(f"wrote {output}: {names}, model/ (trial #{winner.trial.number}, seed {winner.record.model.seed})")
     return 0
