@@ -144,7 +144,7 @@ def test_retrain_again_with_the_same_settings_adds_nothing(retrained):
 
 
 def test_a_retrain_record_of_another_hpo_version_is_refused_in_one_line(retrained, tmp_path):
-    """Export and retrain refuse it naming the remedy; status still shows the trials."""
+    """Export and retrain refuse it naming the remedy; status still shows the trials; --force replaces it."""
     with sqlite3.connect(retrained.folder / "hpo.db") as source, sqlite3.connect(tmp_path / "hpo.db") as copy:
         source.backup(copy)  # the write-ahead log included
     storage = f"sqlite:///{tmp_path / 'hpo.db'}"
@@ -157,6 +157,9 @@ def test_a_retrain_record_of_another_hpo_version_is_refused_in_one_line(retraine
     status = hpo("status", str(retrained.path), "--storage", storage, cwd=tmp_path)
     assert status.returncode == 0, status.stderr
     assert f"retrain {why}" in status.stdout and "best    #" in status.stdout
+    forced = hpo("retrain", str(retrained.path), "--storage", storage, "--force", "--top-k", "1", "--seeds", "0", cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    assert recorded(optuna.load_study(study_name="winner", storage=storage)).plan.seeds == [0]
 
 
 def test_export_folder_reproduces_the_recorded_test_metric(retrained, tmp_path):
