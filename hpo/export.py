@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial
 
 from hpo import atomic, modelcard, retrain, storage
 from hpo.errors import UserError
+from hpo.records import RetrainRecord, TrialRecord
 from hpo.spec import StudySpec
 from hpo.yamlio import dump_yaml
 
@@ -29,13 +30,13 @@ ENTRIES = ("best.yaml", "training_args.json", "metrics.json", "README.md", "mode
 @dataclass(frozen=True)
 class Winner:
     trial: FrozenTrial
-    record: dict[str, Any] | None  # the retrain record, once the study was retrained
+    record: RetrainRecord | None  # once the study was retrained
 
 
 def find_winner(study: optuna.Study, spec: StudySpec) -> Winner:
     record = retrain.recorded(study)
     if record:
-        number = record["winner"]["trial"]
+        number = record.winner.trial
         trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
         if trial is not None:
             return Winner(trial, record)
@@ -49,8 +50,8 @@ def best_spec(spec: StudySpec, winner: Winner) -> StudySpec:
     """The study with the winner's parameters fixed, as its own one-trial study retrained as it was."""
     settings = spec.retrain.model_copy(update={"top_k": 1})
     if winner.record:
-        plan = winner.record["plan"]
-        settings = settings.model_copy(update={"seeds": list(plan["seeds"]), "train_on": plan["train_on"]})
+        plan = winner.record.plan
+        settings = settings.model_copy(update={"seeds": list(plan.seeds), "train_on": plan.train_on})
     return spec.with_fixed(winner.trial.params).model_copy(
         update={"name": f"{spec.name}-best", "n_trials": 1, "timeout": None, "retrain": settings}
     )
@@ -63,8 +64,8 @@ def best_yaml(spec: StudySpec, winner: Winner) -> str:
         document.pop("storage")  # never write a password to disk; HPO_STORAGE supplies it
     trial = winner.trial
     chosen = ""
-    if winner.record and len(winner.record["selection"]) > 1:
-        chosen = f"; chosen by hpo retrain as the best mean of the top {len(winner.record['selection'])}"
+    if winner.record and len(winner.record.selection) > 1:
+        chosen = f"; chosen by hpo retrain as the best mean of the top {len(winner.record.selection)}"
     header = (
         f"# Winner: trial #{trial.number} of study {spec.name!r}, {spec.metric} = {trial.value:.4f} on validation{chosen}.\n"
         f"# Re-run it with: hpo launch <this file>; then `hpo retrain <this file>` retrains and tests it.\n"
@@ -86,9 +87,9 @@ def training_arguments(spec: StudySpec, winner: Winner) -> dict[str, Any]:
     record = winner.record
     epochs, seed, notes = float(params.epochs), spec.seed, []
     if record:
-        seed = record["model"]["seed"]
-        if record["plan"]["train_on"] == "train+validation":
-            epochs = record["winner"]["best_epoch"]
+        seed = record.model.seed
+        if record.plan.train_on == "train+validation":
+            epochs = record.winner.best_epoch
             notes.append("num_train_epochs is where the winner peaked on validation: retraining on train+validation "
                          "stops there, with the learning-rate schedule ending there too")
         else:
@@ -154,6 +155,7 @@ def adapter_settings(spec: StudySpec, winner: Winner) -> dict[str, Any] | None:
 
 def metrics_document(spec: StudySpec, winner: Winner) -> dict[str, Any]:
     trial, record = winner.trial, winner.record
+    measured = TrialRecord.of(trial)
     document: dict[str, Any] = {
         "study": spec.name,
         "metric": spec.metric,
@@ -163,26 +165,26 @@ def metrics_document(spec: StudySpec, winner: Winner) -> dict[str, Any]:
         "validation": {
             "search": {
                 "value": trial.value,
-                "best_examples": trial.user_attrs.get("best_examples"),
-                "best_epoch": trial.user_attrs.get("best_epoch"),
-                "metrics": trial.user_attrs.get("best_metrics"),
+                "best_examples": measured.best_examples if measured else None,
+                "best_epoch": measured.best_epoch if measured else None,
+                "metrics": measured.best_metrics if measured else None,
             },
         },
         "test": None,
     }
     if record:
-        document["validation"]["selection"] = record["selection"]
-        if record["plan"]["train_on"] == "train":
-            document["validation"]["retrained"] = [{"seed": s["seed"], **(s["validation"] or {})} for s in record["seeds"]]
+        document["validation"]["selection"] = [c.model_dump(mode="json") for c in record.selection]
+        if record.plan.train_on == "train":
+            document["validation"]["retrained"] = [{"seed": s.seed, **(s.validation or {})} for s in record.seeds]
         document["test"] = {
-            "examples": record["test"]["examples"],
-            "per_seed": [{"seed": s["seed"], **s["test"]} for s in record["seeds"]],
-            "mean": record["test"]["mean"],
-            "std": record["test"]["std"],
+            "examples": record.test.examples,
+            "per_seed": [{"seed": s.seed, **s.test} for s in record.seeds],
+            "mean": record.test.mean,
+            "std": record.test.std,
             "std_kind": "sample standard deviation over seeds",
-            "model_seed": record["model"]["seed"],
+            "model_seed": record.model.seed,
         }
-        document["retrained_on"] = record["trained_on"]
+        document["retrained_on"] = record.trained_on.model_dump(mode="json")
     return document
 
 
@@ -192,13 +194,13 @@ def model_folder(winner: Winner) -> Path | None:
     if not record:
         return None
     if not retrain.model_is_present(record):
-        model = record["model"]
+        model = record.model
         raise UserError(
-            f"the retrained model recorded on the study ({model['path']}, written on {model['host']} at "
-            f"{record['finished_at']}) is not here or was replaced since; export on that machine or run "
+            f"the retrained model recorded on the study ({model.path}, written on {model.host} at "
+            f"{record.finished_at}) is not here or was replaced since; export on that machine or run "
             f"`hpo retrain --force` here"
         )
-    return Path(record["model"]["path"])
+    return Path(record.model.path)
 
 
 def _check_target(target: Path) -> None:

