@@ -92,6 +92,20 @@ def _attributes(record: Record) -> dict[str, Any]:
 # --- on each trial: what the objective measured ----------------------------------
 
 
+class AdapterFacts(Strict):
+    """A LoRA trial's adapter as it was built for this model."""
+
+    type: Literal["lora"]
+    r: int
+    alpha: float
+    dropout: float
+    target: str  # the role asked for: attention, mlp or all-linear
+    target_modules: list[str]  # the linear layers within a block that got an adapter (resolved names)
+    adapted_layers: int  # linear layers with an adapter, over all blocks
+    trained_head_modules: list[str]  # trained in full beside the adapter
+    size_mb: float  # trainable weights (adapter and head), as saved
+
+
 class TrialRecord(Record):
     """What an objective leaves on a trial, one user attribute per field (the dashboard shows each).
 
@@ -119,7 +133,7 @@ class TrialRecord(Record):
     best_epoch: float | None = None
     best_metrics: dict[str, float] | None = None
     curve: dict[str, list[float]] | None = None  # "examples" and each metric, at every evaluation point
-    adapter: dict[str, Any] | None = None
+    adapter: AdapterFacts | None = None
 
     def write(self, trial: optuna.Trial) -> None:
         for key, value in _attributes(self).items():
@@ -160,7 +174,7 @@ class StudyFacts(Record):
     model_parameters: int
     device: str
     precision: str
-    adapter: dict[str, Any] | None = None
+    adapter: str = "none"  # the study's adapter.type
 
     def attributes(self) -> dict[str, Any]:
         """The study attributes to set (``hpo launch`` hands them to the runner with the spec's)."""

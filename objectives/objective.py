@@ -23,6 +23,7 @@ import optuna
 import torch
 
 from hpo.params import TrainingParams
+from hpo.records import StudyFacts
 from hpo.spec import StudySpec
 from objectives import adapters, freezing, retraining
 from objectives.classweights import class_weights
@@ -102,21 +103,22 @@ class Objective:
         return self.task.inputs.batches(dataset, self.pretrained.tokenizer, self.spec.data, training=training)
 
     def describe(self) -> dict[str, Any]:
-        """Facts worth keeping on the study: the label mapping above all."""
+        """Facts worth keeping on the study (the label mapping above all), as study attributes."""
         _, total = freezing.count_parameters(self.pretrained.model)
-        return {
-            "label_names": self.label_names,
-            "label2id": {name: i for i, name in enumerate(self.label_names)},
-            "train_examples": len(self.train),
-            "validation_examples": len(self.validation),
-            "rows_dropped": self.dropped,
-            "data_report": self.data_report,
-            "class_weights": self.class_weights,
-            "model_depth": self.depth,
-            "model_parameters": total,
-            "device": str(self.runtime.device),
-            "precision": self.runtime.precision,
-        }
+        return StudyFacts(
+            label_names=self.label_names,
+            label2id={name: i for i, name in enumerate(self.label_names)},
+            train_examples=len(self.train),
+            validation_examples=len(self.validation),
+            rows_dropped=self.dropped,
+            data_report=self.data_report,
+            class_weights=self.class_weights,
+            model_depth=self.depth,
+            model_parameters=total,
+            device=str(self.runtime.device),
+            precision=self.runtime.precision,
+            adapter=self.spec.adapter.type,
+        ).attributes()
 
     # --- one training run: what trials, retrain and the benchmarks share ------
 

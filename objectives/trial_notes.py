@@ -13,6 +13,7 @@ from typing import Any
 import optuna
 import torch
 
+from hpo.records import AdapterFacts, TrialRecord
 from objectives import freezing
 from objectives.runtime import Runtime
 from objectives.training import TrainResult
@@ -21,35 +22,30 @@ from objectives.training import TrainResult
 def record_trial(trial: optuna.Trial, result: TrainResult, model, runtime: Runtime, wall: float,
                  adapter: dict[str, Any] | None) -> None:
     trainable, total = freezing.count_parameters(model)
-    attrs: dict[str, Any] = {
-        "wall_seconds": round(wall, 2),
-        "train_seconds": round(result.train_seconds, 2),
-        "eval_seconds": round(result.eval_seconds, 2),
-        "examples_seen": result.examples_seen,
-        "examples_per_second": round(result.examples_per_second, 2),
-        "train_loss": round(result.train_loss, 5) if result.train_loss == result.train_loss else None,
-        "trainable_parameters": trainable,
-        "trainable_fraction": round(trainable / total, 4),
-        "device": str(runtime.device),
-        "precision": runtime.precision,
-        "peak_memory_mb": peak_memory_mb(runtime.device),
-        "stopped_early": result.stopped_early,
-    }
-    if adapter is not None:
-        attrs["adapter"] = adapter
-    if result.best is not None:
-        attrs["best_examples"] = result.best.examples
-        attrs["best_epoch"] = result.best.epoch
-        attrs["best_metrics"] = {k: round(v, 5) for k, v in result.best.metrics.items()}
-    if result.points:
+    best = result.best
+    TrialRecord(
+        wall_seconds=round(wall, 2),
+        train_seconds=round(result.train_seconds, 2),
+        eval_seconds=round(result.eval_seconds, 2),
+        examples_seen=result.examples_seen,
+        examples_per_second=round(result.examples_per_second, 2),
+        train_loss=round(result.train_loss, 5) if result.train_loss == result.train_loss else None,
+        trainable_parameters=trainable,
+        trainable_fraction=round(trainable / total, 4),
+        device=str(runtime.device),
+        precision=runtime.precision,
+        peak_memory_mb=peak_memory_mb(runtime.device),
+        stopped_early=result.stopped_early,
+        best_examples=best.examples if best else None,
+        best_epoch=best.epoch if best else None,
+        best_metrics={k: round(v, 5) for k, v in best.metrics.items()} if best else None,
         # Every metric at every point (the pruner sees one): to compare pruning
         # signals afterwards, or plot the validation loss beside the metric.
-        attrs["curve"] = {
-            "examples": [p.examples for p in result.points],
-            **{name: [round(p.metrics[name], 5) for p in result.points] for name in result.points[0].metrics},
-        }
-    for key, value in attrs.items():
-        trial.set_user_attr(key, value)
+        curve={"examples": [p.examples for p in result.points],
+               **{name: [round(p.metrics[name], 5) for p in result.points] for name in result.points[0].metrics}}
+        if result.points else None,
+        adapter=AdapterFacts(**adapter) if adapter else None,
+    ).write(trial)
 
 
 class ProgressNotes:
