@@ -25,11 +25,20 @@ def _values(spec: StudySpec, name: str) -> list[Any]:
     return [dim]
 
 
+def check_targets(spec: StudySpec, model) -> None:
+    """Every ``lora_target`` the space can draw has layers to adapt (else ObjectiveError, naming it)."""
+    for target in _values(spec, "lora_target"):
+        adapters.targets(model, target)
+    if "freeze_depth" in spec.search_space:
+        adapters.targets(model, "all-linear", max(_values(spec, "freeze_depth")))
+
+
 def table(spec: StudySpec, task) -> list[list[Any]] | None:
     """Rows of (lora_target, lora_r, trainable parameters, % of the model); None offline without the config."""
     model = skeleton(spec.model, task)
     if model is None:
         return None
+    check_targets(spec, model)
     total = sum(p.numel() for p in model.parameters())
     heads = adapters.head_modules(model, [])
     head = adapters.head_parameters(model, heads)

@@ -61,8 +61,11 @@ class Target:
 def targets(model: nn.Module, role: str, skip_layers: int = 0) -> list[Target]:
     """Linear layers of the given role in the blocks above ``skip_layers``; an error when there are none."""
     stack = freezing.layer_stack(model)
-    if not 0 <= skip_layers <= len(stack):
-        raise ObjectiveError(f"search_space.freeze_depth: {skip_layers} is outside 0..{len(stack)} for this model")
+    if not 0 <= skip_layers < len(stack):
+        raise ObjectiveError(
+            f"search_space.freeze_depth: {skip_layers} leaves no layer for LoRA adapters "
+            f"({type(model).__name__} has {len(stack)}; with an adapter use 0..{len(stack) - 1})"
+        )
     prefix = next(name for name, module in model.named_modules() if module is stack)
     found = []
     for index in range(skip_layers, len(stack)):
@@ -147,9 +150,6 @@ class FullFineTuning:
     def save(self, model: nn.Module, directory: Path) -> None:
         model.save_pretrained(directory)
 
-    def merged(self, model: nn.Module) -> nn.Module:
-        return model
-
 
 class LoraAdapters:
     """A LoRA adapter per trial on the worker's one frozen base, removed after the trial."""
@@ -208,14 +208,9 @@ class LoraAdapters:
         }
 
     def save(self, model, directory: Path) -> None:
-        """The adapter (``adapter_config.json`` + weights, the head included), as PEFT loads it."""
+        """The adapter (``adapter_config.json`` + weights, the head included), as PEFT loads it;
+        ``hpo export --merge`` folds it into the base (``objectives.merging``)."""
         model.save_pretrained(directory)
-
-    def merged(self, model):
-        """A full model with the adapter folded in, loadable with the Auto classes."""
-        import copy
-
-        return copy.deepcopy(model).merge_and_unload()
 
 
 def build(kind: str, pretrained: Pretrained):

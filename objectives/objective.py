@@ -25,7 +25,7 @@ import torch
 from hpo.params import TrainingParams
 from hpo.records import StudyFacts
 from hpo.spec import StudySpec
-from objectives import adapters, freezing, retraining
+from objectives import adapter_report, adapters, freezing, retraining
 from objectives.classweights import class_weights
 from objectives.config import EvalConfig, Hooks, TrainConfig
 from objectives.data import count_test_leaks, load_splits, load_test
@@ -57,8 +57,6 @@ def check_freeze_depth(spec: StudySpec, depth: int | None) -> None:
 
 def check(spec: StudySpec, task: Task) -> dict[str, Any]:
     """Cheap checks for ``hpo validate``: depth and adapter sizes from the model's config, local data read and checked."""
-    from objectives import adapter_report
-
     check_freeze_depth(spec, model_depth(spec.model, task))
     facts: dict[str, Any] = {}
     if spec.adapter.type == "lora":
@@ -91,6 +89,8 @@ class Objective:
         self.depth = freezing.depth(self.pretrained.model)
         check_freeze_depth(spec, self.depth)
         self.models = adapters.build(spec.adapter.type, self.pretrained)
+        if spec.adapter.type == "lora":
+            adapter_report.check_targets(spec, self.pretrained.model)  # a target a trial would fail on: now
         self.train = self._batches(splits.train, training=True)
         self.validation = self._batches(splits.validation, training=False)
         self.test: Batches | None = None  # read by load_test(), once the search is over
@@ -146,6 +146,12 @@ class Objective:
                     result: TrainResult | None = None) -> TrainResult:
         return fine_tune(model, train if train is not None else self.train, validation, self.task.head,
                          self.train_config(params, seed, max_examples), self.eval_config(), hooks, result)
+
+    def save(self, model, directory: Path) -> None:
+        """The model (or the adapter and head) with its tokenizer; a full model's config carries id2label."""
+        directory.mkdir(parents=True, exist_ok=True)
+        self.models.save(model, directory)
+        self.pretrained.tokenizer.save_pretrained(directory)
 
     def evaluate(self, model, batches: Batches, *, fp32: bool = False) -> dict[str, float]:
         runtime = replace(self.runtime, autocast_dtype=None) if fp32 else self.runtime

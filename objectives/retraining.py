@@ -108,7 +108,8 @@ def retrain(objective: Objective, params: TrainingParams, seed: int, *, on: str,
             kept = None
         else:
             train = objective.train
-            keeper = _BestWeights(model, objective.spec.metric, objective.spec.direction == "maximize")
+            evaluation = objective.eval_config()
+            keeper = _BestWeights(model, evaluation.metric, evaluation.maximize)
             progress = _Progress(f"seed {seed} on train", len(train))
             result = objective.train_model(
                 model, params, seed, validation=objective.validation, hooks=Hooks(on_eval=keeper, on_batch=progress)
@@ -118,7 +119,7 @@ def retrain(objective: Objective, params: TrainingParams, seed: int, *, on: str,
         # In full precision even where training ran in bf16 autocast: the recorded test score is then
         # exactly what the exported (fp32) model scores as users load it.
         test = objective.evaluate(model, objective.test, fp32=True)
-        save(objective, model, directory)
+        objective.save(model, directory)
     finally:
         objective.release(model)
         del model
@@ -133,10 +134,3 @@ def retrain(objective: Objective, params: TrainingParams, seed: int, *, on: str,
         epochs=round(seen / len(train), 4),
         seconds=round(time.perf_counter() - start, 2),
     )
-
-
-def save(objective: Objective, model, directory: Path) -> None:
-    """The model (or the adapter and head) with its tokenizer; a full model's config carries id2label."""
-    directory.mkdir(parents=True, exist_ok=True)
-    objective.models.save(model, directory)
-    objective.pretrained.tokenizer.save_pretrained(directory)
