@@ -10,6 +10,7 @@ every computed value in its trial or in ``lost_results``, and no worker hung
 
 from __future__ import annotations
 
+import logging
 import threading
 import traceback
 import time
@@ -239,3 +240,53 @@ def test_a_long_outage_in_the_claim_ends_the_worker_and_leaves_nothing_running(t
     study = optuna.load_study(study_name=spec.name, storage=spec.storage)
     assert [t.state for t in study.trials] == [TrialState.FAIL]
     assert "claim failed before the objective started" in study.trials[0].user_attrs["fail_reason"]
+
+
+def test_a_failed_trial_keeps_the_end_of_its_traceback_and_logs_it_as_a_warning(tmp_path, caplog):
+    spec = _spec(_sqlite(tmp_path), n_trials=2)
+
+    def deep(n):
+        if n == 0:
+            raise RuntimeError("CUDA out of memory (simulated)") from ValueError("allocator state " + "y" * 2500)
+        deep(n - 1)
+
+    def objective(trial):
+        spec.sample(trial)
+        if trial.number == 0:
+            deep(50)
+        return 0.5
+
+    with caplog.at_level(logging.WARNING, logger="hpo.runner"):
+        run_worker(spec, objective, WorkerOptions())
+    failed = optuna.load_study(study_name=spec.name, storage=spec.storage).trials[0]
+    kept = failed.user_attrs["fail_traceback"]
+    assert len(kept) == 2000 and kept.rstrip().endswith("RuntimeError: CUDA out of memory (simulated)") and "in deep" in kept
+    assert "trial 0 failed: RuntimeError: CUDA out of memory" in caplog.text
+    assert any(r.levelno == logging.WARNING and "in deep" in r.getMessage() for r in caplog.records)
+
+
+def test_an_error_that_dooms_every_trial_stops_the_worker_at_the_first(tmp_path):
+    from hpo.errors import FatalTrialError, UserError
+    from objectives.errors import ObjectiveError
+
+    assert issubclass(ObjectiveError, FatalTrialError) and issubclass(FatalTrialError, UserError)  # exit code 2 at the edge
+    spec = _spec(_sqlite(tmp_path), n_trials=5)
+
+    def objective(trial):
+        spec.sample(trial)
+        raise ObjectiveError("data: no column 'text' in train.csv (columns: review, stars)")
+
+    with pytest.raises(FatalTrialError, match="trial 0 failed: ObjectiveError: data: no column 'text'"):
+        run_worker(spec, objective, WorkerOptions())
+    trials = optuna.load_study(study_name=spec.name, storage=spec.storage).trials
+    assert [t.state for t in trials] == [TrialState.FAIL]
+    assert trials[0].user_attrs["fail_reason"].startswith("ObjectiveError: data: no column 'text'")
+
+
+def test_heartbeat_errors_log_their_message(tmp_path, faults, monkeypatch, caplog):
+    spec = _spec(_sqlite(tmp_path), n_trials=1)
+    faults(spec.storage, Fault("record_heartbeat", "before", nth=1, times=3))
+    monkeypatch.setattr(faultproxy.FaultyStorage, "patience", 0.0)
+    with caplog.at_level(logging.WARNING, logger="hpo.heartbeat"):
+        assert _run(spec, Objective(spec, seconds=2.5)) == []
+    assert "failed (StorageError: storage: record_heartbeat failed for 0s: server closed the connection unexpectedly)" in caplog.text
