@@ -366,10 +366,17 @@ def _keep_lost_result(study: optuna.Study, spec: StudySpec, trial: optuna.Trial,
         "the value is kept in the study attribute lost_results",
         trial.number, spec.metric, value, state.name,
     )
-    with storage_lib.budget_lock(spec.storage, spec.name):  # two workers' read-modify-write must not interleave
-        lost = dict(study.user_attrs.get("lost_results", {}))
-        lost[str(trial.number)] = {"value": value, "params": trial.params}
-        study.set_user_attr("lost_results", lost)
+    entry = {"value": value, "params": trial.params}
+    while True:
+        try:
+            with storage_lib.budget_lock(spec.storage, spec.name):  # two workers' read-modify-write must not interleave
+                lost = dict(study.user_attrs.get("lost_results", {}))
+                lost[str(trial.number)] = entry
+                study.set_user_attr("lost_results", lost)
+            return
+        except storage_lib.LockLost:
+            if study.user_attrs.get("lost_results", {}).get(str(trial.number)) == entry:
+                return  # written, and not overwritten by a writer that slipped in while the lock was gone
 
 
 def run_worker(

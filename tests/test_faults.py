@@ -206,10 +206,14 @@ def _orphan(spec) -> None:
         conn.execute(text("UPDATE trial_heartbeats SET heartbeat = :t WHERE trial_id = :id"), {"t": datetime(2000, 1, 1), "id": tid})
 
 
-@pytest.mark.parametrize("when", ["before", "after"])
-@pytest.mark.parametrize("step", ["requeue", "pop", "pop-beat"])
-def test_a_dead_workers_trial_is_retried_once_through_faults(tmp_path, faults, step, when):
-    spec = _spec(_sqlite(tmp_path))
+DEAD_WORKER_CASES = [(step, when, "sqlite") for step in ("requeue", "pop", "pop-beat") for when in ("before", "after")] + [
+    ("pop", when, "postgresql") for when in ("before", "after")  # taking a retry is part of the claim, under the lock
+]
+
+
+@pytest.mark.parametrize("step, when, backend", DEAD_WORKER_CASES)
+def test_a_dead_workers_trial_is_retried_once_through_faults(tmp_path, request, faults, step, when, backend):
+    spec = _spec(_sqlite(tmp_path) if backend == "sqlite" else request.getfixturevalue("postgres_url"))
     _orphan(spec)
     fault = {
         "requeue": Fault("_create_new_trial", when, match=_template_state(TrialState.WAITING)),

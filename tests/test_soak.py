@@ -22,10 +22,11 @@ SOAK = Path(__file__).resolve().parent.parent / "bench" / "soak.py"
 
 def test_a_short_seeded_soak_ends_exact():
     result = subprocess.run(
-        [sys.executable, str(SOAK), "--minutes", "0.5", "--seed", "1", "--fault-every", "1.5", "--trial-seconds", "2", "--port", "5498"],
+        [sys.executable, str(SOAK), "--minutes", "0.3", "--seed", "1", "--fault-every", "1.2", "--trial-seconds", "2", "--port", "5498"],
         capture_output=True, text=True, timeout=150, env={**os.environ, "PYTHONPATH": str(SOAK.parent.parent)},
     )
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert summary["faults"] >= 10 and all(summary["faults_by_kind"].values()), summary
     assert summary["budget_error"] == 0 and summary["running_left"] == 0 and summary["results_lost"] == 0, summary
+    assert summary["duplicates"] == 0, summary
