@@ -322,9 +322,9 @@ class LostResults(Record):
         return cls() if raw is None else cls.read(raw, f"study attribute {cls.ATTR!r}")
 
 
-def keep_lost_result(study: optuna.Study, number: int, value: float, params: dict[str, Any]) -> LostResults:
-    """Add one trial's lost value to the study's ``lost_results`` (what the runner calls)."""
+def keep_lost_result(study: optuna.Study, number: int, entry: LostResult) -> LostResults:
+    """Add one trial's lost value to the study's ``lost_results`` (the runner calls it under the study lock)."""
     lost = LostResults.of(study)
-    kept = LostResults(trials={**lost.trials, number: LostResult(value=value, params=params)})
+    kept = LostResults(trials={**lost.trials, number: entry})
     study.set_user_attr(LostResults.ATTR, kept.dump())
     return kept

@@ -32,6 +32,7 @@ from hpo import optuna_compat as compat
 from hpo import storage as storage_lib
 from hpo.errors import FatalTrialError
 from hpo.heartbeat import Heartbeat
+from hpo.records import LostResult, LostResults, keep_lost_result
 from hpo.resilient import call_with_retries
 from hpo.watchdog import time_limit
 from hpo.pruners import build_pruner
@@ -366,16 +367,14 @@ def _keep_lost_result(study: optuna.Study, spec: StudySpec, trial: optuna.Trial,
         "the value is kept in the study attribute lost_results",
         trial.number, spec.metric, value, state.name,
     )
-    entry = {"value": value, "params": trial.params}
+    entry = LostResult(value=value, params=trial.params)
     while True:
         try:
             with storage_lib.budget_lock(spec.storage, spec.name):  # two workers' read-modify-write must not interleave
-                lost = dict(study.user_attrs.get("lost_results", {}))
-                lost[str(trial.number)] = entry
-                study.set_user_attr("lost_results", lost)
+                keep_lost_result(study, trial.number, entry)
             return
         except storage_lib.LockLost:
-            if study.user_attrs.get("lost_results", {}).get(str(trial.number)) == entry:
+            if LostResults.of(study).trials.get(trial.number) == entry:
                 return  # written, and not overwritten by a writer that slipped in while the lock was gone
 
 

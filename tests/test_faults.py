@@ -26,6 +26,7 @@ from sqlalchemy import text
 import faultproxy
 from faultproxy import Fault, FaultPlan
 from hpo import optuna_compat as compat
+from hpo.records import LostResults
 from hpo.runner import WorkerOptions, run_worker
 from hpo.spec import parse_spec
 
@@ -114,11 +115,11 @@ def assert_exact(spec, objective: Objective, lost_workers: int = 0) -> list[optu
     retries = Counter(t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs)
     assert all(n <= spec.heartbeat.max_retry for n in retries.values()), summary
     assert sum(retries.values()) == lost_workers, summary
-    lost = study.user_attrs.get("lost_results", {})
+    lost = LostResults.of(study).trials
     by_number = {t.number: t for t in trials}
     for number, value in objective.computed.items():
         kept = by_number[number].state == TrialState.COMPLETE and by_number[number].value == value
-        assert kept or lost.get(str(number), {}).get("value") == value, (number, value, summary)
+        assert kept or (number in lost and lost[number].value == value), (number, value, summary)
     return trials
 
 

@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from hpo.errors import UserError
-from hpo.records import LostResults, RetrainRecord, StudyFacts, TrialRecord, keep_lost_result
+from hpo.records import LostResult, LostResults, RetrainRecord, StudyFacts, TrialRecord, keep_lost_result
 
 TRIAL = dict(
     wall_seconds=3.5, train_seconds=2.0, eval_seconds=0.5, examples_seen=320, examples_per_second=160.0,
@@ -133,7 +133,7 @@ def test_lost_results_are_kept_beside_those_written_before_versions(storage):
     study = optuna.create_study(study_name="records", storage=storage)
     assert LostResults.of(study).trials == {}
     study.set_user_attr("lost_results", {"0": {"value": 0.5, "params": {"learning_rate": 0.001}}})  # the old shape
-    keep_lost_result(study, 3, 0.75, {"learning_rate": 0.01, "batch_size": 8})
+    keep_lost_result(study, 3, LostResult(value=0.75, params={"learning_rate": 0.01, "batch_size": 8}))
     lost = LostResults.of(_reloaded(storage))
     assert {n: r.value for n, r in lost.trials.items()} == {0: 0.5, 3: 0.75}
     assert lost.trials[3].params == {"learning_rate": 0.01, "batch_size": 8}
