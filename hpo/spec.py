@@ -49,11 +49,20 @@ METRICS: dict[str, str] = {
     "mae": "minimize",
     "r2": "maximize",
     "spearman": "maximize",
+    # causal-lm: token-mean cross-entropy on completion tokens is `loss`
+    "perplexity": "minimize",
 }
 
-TASKS = ("text-classification", "text-regression", "image-classification")
+TASKS = ("text-classification", "text-regression", "image-classification", "causal-lm")
 REGRESSION_METRICS = ("rmse", "mae", "r2", "spearman", "loss")
-CLASSIFICATION_METRICS = tuple(m for m in METRICS if m not in REGRESSION_METRICS or m == "loss")
+LANGUAGE_MODEL_METRICS = ("loss", "perplexity")
+CLASSIFICATION_METRICS = tuple(m for m in METRICS if m not in (*REGRESSION_METRICS, *LANGUAGE_MODEL_METRICS) or m == "loss")
+TASK_METRICS = {
+    "text-classification": CLASSIFICATION_METRICS,
+    "image-classification": CLASSIFICATION_METRICS,
+    "text-regression": REGRESSION_METRICS,
+    "causal-lm": LANGUAGE_MODEL_METRICS,
+}
 
 DEFAULT_STORAGE = "sqlite:///hpo.db"
 FILE_SOURCES = ("csv", "json", "parquet", "imagefolder")
@@ -158,6 +167,20 @@ class DataSpec(Strict):
     # found by file content. augment: random crop and flip of training images.
     image_column: str | None = None
     augment: bool = True
+    # Language models (task: causal-lm). prompt-completion: a prompt and a completion
+    # column; messages: one column of chat turns ({role, content}), rendered with the
+    # tokenizer's chat template. The loss covers completion (assistant) tokens only.
+    format: Literal["prompt-completion", "messages"] | None = None
+    prompt_column: str = "prompt"
+    completion_column: str = "completion"
+    messages_column: str = "messages"
+    # Several short examples per row of max_length tokens, each attending only to
+    # itself (position ids restart per example): the same loss as one example per
+    # row, with no padding. batch_size then counts packed rows.
+    packing: bool = True
+    # A row longer than max_length: keep its end and cut the prompt from the left
+    # ("prompt"), or drop the row ("drop"). Either is counted in the data report.
+    truncation: Literal["prompt", "drop"] = "prompt"
 
     @field_validator("text_column")
     @classmethod
@@ -175,6 +198,15 @@ class DataSpec(Strict):
         if self.source == "imagefolder" and not self.image_column:
             raise PydanticCustomError("data", "imagefolder holds images: use task image-classification", {"field": "source"})
         return self
+
+    @property
+    def key_columns(self) -> tuple[str, ...]:
+        """The columns that make one example, by what the study reads."""
+        if self.format == "prompt-completion":
+            return (self.prompt_column, self.completion_column)
+        if self.format == "messages":
+            return (self.messages_column,)
+        return (self.image_column,) if self.image_column else self.text_columns
 
     @property
     def text_columns(self) -> tuple[str, ...]:
@@ -325,8 +357,8 @@ class StudySpec(Strict):
         """No metric named: accuracy for classification, rmse for regression; images in column "image"."""
         if not isinstance(raw, dict):
             return raw
-        if "metric" not in raw and raw.get("task") == "text-regression":
-            raw = {**raw, "metric": "rmse"}
+        if "metric" not in raw and raw.get("task") in ("text-regression", "causal-lm"):
+            raw = {**raw, "metric": "rmse" if raw["task"] == "text-regression" else "loss"}
         data = raw.get("data")
         if raw.get("task") == "image-classification" and isinstance(data, dict) and "image_column" not in data:
             raw = {**raw, "data": {**data, "image_column": "image"}}
@@ -336,7 +368,8 @@ class StudySpec(Strict):
     def _fits_task(self) -> "StudySpec":
         """A metric or a loss option that the task cannot produce dooms every trial: say so now."""
         regression = self.task == "text-regression"
-        allowed = REGRESSION_METRICS if regression else CLASSIFICATION_METRICS
+        language = self.task == "causal-lm"
+        allowed = TASK_METRICS[self.task]
         for field, metric in (("metric", self.metric), ("pruner.metric", self.pruner.metric)):
             if metric is not None and metric not in allowed:
                 raise PydanticCustomError(
@@ -348,11 +381,15 @@ class StudySpec(Strict):
                 "task", "hyperband judges with the study's direction; {metric} runs the other way (use median, percentile or successive_halving)",
                 {"field": "pruner.metric", "metric": self.pruning_metric},
             )
-        if regression and self.class_weights is not None:
+        if (regression or language) and self.class_weights is not None:
             raise PydanticCustomError("task", "applies to classification tasks only", {"field": "class_weights"})
+        if language and self.data.format is None:
+            raise PydanticCustomError("task", "is required with task causal-lm (prompt-completion or messages)", {"field": "data.format"})
+        if not language and self.data.format is not None:
+            raise PydanticCustomError("task", "is only used with task causal-lm", {"field": "data.format"})
         if self.data.image_column and self.task != "image-classification":
             raise PydanticCustomError("task", "is only used with task image-classification", {"field": "data.image_column"})
-        if regression and "label_smoothing" in self.search_space:
+        if (regression or language) and "label_smoothing" in self.search_space:
             raise PydanticCustomError("task", "applies to classification tasks only", {"field": "search_space.label_smoothing"})
         return self
 

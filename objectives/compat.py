@@ -13,6 +13,11 @@ from __future__ import annotations
 
 from torch import nn
 
+# transformers keeps packed examples apart (attention within each, from position ids that
+# restart) only when there is no attention mask and no cache; a forward builds a cache
+# unless told not to, and then the examples of a packed row attend to each other.
+PACKED_FORWARD = {"use_cache": False}
+
 
 def init_module(model: nn.Module, module: nn.Module) -> None:
     """Initialise ``module`` as ``model`` initialises a freshly created head."""

@@ -31,7 +31,8 @@ def resolve(model: str) -> str:
 class Pretrained:
     model: object  # the loaded model, kept on the CPU as the source of every copy
     tokenizer: object
-    head_modules: list[str]  # modules whose weights were not in the checkpoint
+    head_modules: list[str]  # new modules (a head the checkpoint lacks): initialised from each trial's seed
+    trained_modules: list[str]  # what trains in full beside an adapter (the task head)
     name: str
 
     def fresh_copy(self, seed: int):
@@ -75,8 +76,9 @@ def load_pretrained(model_name: str, task, label_names: list[str]) -> Pretrained
     if pad is not None and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = pad  # decoder-only models pool the last non-pad token
     mismatched = [key if isinstance(key, str) else key[0] for key in info.get("mismatched_keys", [])]
-    heads = {key.rsplit(".", 1)[0] for key in [*info["missing_keys"], *mismatched]}
-    return Pretrained(model=model.eval(), tokenizer=preprocessor, head_modules=sorted(heads), name=model_name)
+    missing = sorted({key.rsplit(".", 1)[0] for key in [*info["missing_keys"], *mismatched]})
+    return Pretrained(model=model.eval(), tokenizer=preprocessor, head_modules=task.head.new_modules(missing),
+                      trained_modules=task.head.trained_modules(model, missing), name=model_name)
 
 
 def skeleton(model_name: str, task, label_names: list[str] | None = None):
