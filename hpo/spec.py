@@ -51,11 +51,15 @@ METRICS: dict[str, str] = {
     "spearman": "maximize",
     # causal-lm: token-mean cross-entropy on completion tokens is `loss`
     "perplexity": "minimize",
+    # causal-lm, on up to data.max_generation_samples validation rows decoded greedily
+    "exact_match": "maximize",  # normalised: case, surrounding space and punctuation, inner runs of space
+    "rouge_l": "maximize",  # F-measure of the longest common subsequence of words
 }
+GENERATION_METRICS = ("exact_match", "rouge_l")
 
 TASKS = ("text-classification", "text-regression", "image-classification", "causal-lm")
 REGRESSION_METRICS = ("rmse", "mae", "r2", "spearman", "loss")
-LANGUAGE_MODEL_METRICS = ("loss", "perplexity")
+LANGUAGE_MODEL_METRICS = ("loss", "perplexity", "exact_match", "rouge_l")
 CLASSIFICATION_METRICS = tuple(m for m in METRICS if m not in (*REGRESSION_METRICS, *LANGUAGE_MODEL_METRICS) or m == "loss")
 TASK_METRICS = {
     "text-classification": CLASSIFICATION_METRICS,
@@ -181,6 +185,10 @@ class DataSpec(Strict):
     # A row longer than max_length: keep its end and cut the prompt from the left
     # ("prompt"), or drop the row ("drop"). Either is counted in the data report.
     truncation: Literal["prompt", "drop"] = "prompt"
+    # Generation metrics (exact_match, rouge_l) decode the first N validation rows greedily
+    # at every evaluation point, up to max_new_tokens each; 0 computes none (loss only).
+    max_generation_samples: int = Field(0, ge=0, le=100_000)
+    max_new_tokens: int = Field(64, ge=1, le=32768)
 
     @field_validator("text_column")
     @classmethod
@@ -301,6 +309,15 @@ class AdapterSpec(Strict):
     """
 
     type: Literal["none", "lora"] = "none"
+    # QLoRA: the frozen base loaded in 4 (or 8) bits through bitsandbytes, on CUDA only;
+    # the adapter trains in bf16. A worker without a CUDA GPU refuses it (exit 2).
+    quantize: Literal["4bit", "8bit"] | None = None
+
+    @model_validator(mode="after")
+    def _quantize_needs_lora(self) -> "AdapterSpec":
+        if self.quantize and self.type != "lora":
+            raise PydanticCustomError("adapter", "applies only with type lora (QLoRA)", {"field": "quantize"})
+        return self
 
 
 class RuntimeSpec(Strict):
@@ -310,6 +327,9 @@ class RuntimeSpec(Strict):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     # CPU threads per worker; None leaves torch's default.
     num_threads: int | None = Field(None, ge=1)
+    # Recompute activations in the backward pass instead of keeping them: about a third
+    # slower, much less memory (long sequences, large models on one GPU).
+    gradient_checkpointing: bool = False
 
 
 class HeartbeatSpec(Strict):
@@ -387,6 +407,12 @@ class StudySpec(Strict):
             raise PydanticCustomError("task", "is required with task causal-lm (prompt-completion or messages)", {"field": "data.format"})
         if not language and self.data.format is not None:
             raise PydanticCustomError("task", "is only used with task causal-lm", {"field": "data.format"})
+        generated = [m for m in (self.metric, self.pruner.metric) if m in GENERATION_METRICS]
+        if generated and self.data.max_generation_samples == 0:
+            raise PydanticCustomError(
+                "task", "must be > 0 for {metric} (validation rows decoded at each evaluation point)",
+                {"field": "data.max_generation_samples", "metric": generated[0]},
+            )
         if self.data.image_column and self.task != "image-classification":
             raise PydanticCustomError("task", "is only used with task image-classification", {"field": "data.image_column"})
         if (regression or language) and "label_smoothing" in self.search_space:

@@ -34,6 +34,8 @@ class Head(Protocol):
 
     def evaluator(self, labels: np.ndarray, num_labels: int) -> Evaluator: ...
 
+    def extra_metrics(self, model, batches, device, batch_size: int) -> dict[str, float]: ...  # beyond the forward pass
+
     def configure(self, config, label_names: list[str]): ...
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None, label_smoothing: float = 0.0) -> torch.Tensor: ...
@@ -63,6 +65,9 @@ class _PerExample:
 
 class _NewHead:
     """A head the checkpoint does not have: initialised per trial, trained in full beside an adapter."""
+
+    def extra_metrics(self, model, batches, device, batch_size: int) -> dict[str, float]:
+        return {}
 
     def new_modules(self, missing: list[str]) -> list[str]:
         return list(missing)
@@ -182,3 +187,13 @@ class LanguageModelHead:
 
     def evaluator(self, labels, num_labels):
         return _TokenMean()
+
+    def extra_metrics(self, model, batches, device, batch_size: int) -> dict[str, float]:
+        """exact_match and rouge_l on the split's decoding samples (``data.max_generation_samples``)."""
+        samples = getattr(batches, "samples", None)
+        if samples is None or not samples.prompts:
+            return {}
+        from objectives import generation
+
+        predictions = generation.generate(model, samples, batches.decode, device, batch_size)
+        return generation.scores(predictions, samples.references)

@@ -23,13 +23,27 @@ from hpo.spec import DataSpec
 from objectives import compat
 from objectives.batching import to_device
 from objectives.errors import ObjectiveError
+from objectives.generation import Samples
 from objectives.heads import IGNORE
 from objectives.lm_data import count_lm_test_leaks, load_lm_splits, load_lm_test
 from objectives.tokens import _key, cached_map
 
 
+def _leading_specials(tokenizer) -> list[int]:
+    """The special tokens a tokenizer puts before a text (a BOS, or BERT's [CLS]), without those
+    it puts after (BERT's [SEP]): a prompt is the start of a sequence, not a whole one."""
+    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
+    full = tokenizer("x", add_special_tokens=True)["input_ids"]
+    start = next((i for i in range(len(full) - len(plain) + 1) if full[i : i + len(plain)] == plain), 0)
+    return full[:start]
+
+
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    return _leading_specials(tokenizer) + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
 def _prompt_completion(row, tokenizer, max_length: int, truncation: str):
-    prompt = tokenizer(row["prompt"], add_special_tokens=True)["input_ids"]
+    prompt = prompt_ids(tokenizer, row["prompt"])
     completion = tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
     if tokenizer.eos_token_id is not None:
         completion = completion + [tokenizer.eos_token_id]  # the model learns to stop
@@ -72,6 +86,21 @@ def encode_row(row, tokenizer, data: DataSpec) -> tuple[list[int], list[int], in
             "(data.truncation: prompt only cuts prompts); raise max_length, or use truncation: drop"
         )
     return ids[-data.max_length :], labels[-data.max_length :], 1
+
+
+def samples(rows: list[dict], tokenizer, data: DataSpec) -> Samples:
+    """What decoding starts from (the prompt, or the chat up to its last assistant turn) and the reference."""
+    prompts, references = [], []
+    for row in rows:
+        if data.format == "messages":
+            last = max(i for i, t in enumerate(row["messages"]) if t["role"] == "assistant")
+            prompt = _render(tokenizer, row["messages"][:last], True)
+            references.append(row["messages"][last]["content"])
+        else:
+            prompt = prompt_ids(tokenizer, row["prompt"])
+            references.append(row["completion"])
+        prompts.append(prompt[-max(1, data.max_length - data.max_new_tokens):])
+    return Samples(prompts, references, tokenizer.pad_token_id, tokenizer.eos_token_id, data.max_new_tokens)
 
 
 def check_template(tokenizer, data: DataSpec) -> None:
@@ -133,6 +162,8 @@ class LanguageModelBatches:
         scored = np.asarray([sum(1 for t in lab[1:] if t != IGNORE) for lab in labels], dtype=np.int64)
         self.units = np.asarray([int(scored[r].sum()) for r in self.rows], dtype=np.int64)
         self.labels = np.zeros(len(self.rows), dtype=np.int64)  # no per-row label: the evaluator reads the tokens
+        self.samples: Samples | None = None  # rows decoded for generation metrics (validation, test)
+        self.decode = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -200,8 +231,13 @@ class LanguageModelInputs:
         status = np.asarray(encoded["status"])
         kept = [i for i, s in enumerate(status) if s != 2]
         ids, labels = encoded["input_ids"], encoded["labels"]
-        return LanguageModelBatches([ids[i] for i in kept], [labels[i] for i in kept], preprocessor.pad_token_id,
-                                    data.packing, data.max_length)
+        batches = LanguageModelBatches([ids[i] for i in kept], [labels[i] for i in kept], preprocessor.pad_token_id,
+                                       data.packing, data.max_length)
+        if not training and data.max_generation_samples:
+            rows = [dataset[i] for i in kept[: data.max_generation_samples]]
+            batches.samples = samples(rows, preprocessor, data)
+            batches.decode = lambda tokens: preprocessor.decode(tokens, skip_special_tokens=True)
+        return batches
 
     def annotate(self, report, split: str, dataset, preprocessor, data: DataSpec) -> None:
         """Token lengths of the split's rows, and rows over max_length (truncated or dropped), in the report."""

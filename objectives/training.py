@@ -96,8 +96,11 @@ def evaluate(model, batches, head: Head, runtime: Runtime, config: EvalConfig) -
         with _autocast(runtime):
             logits = model(**batch).logits
         evaluator.add(indices, logits, labels)
+    metrics = evaluator.metrics()
+    with _autocast(runtime):
+        metrics.update(head.extra_metrics(model, batches, runtime.device, config.batch_size))
     model.train()
-    return evaluator.metrics()
+    return metrics
 
 
 def units_per_epoch(batches) -> int:

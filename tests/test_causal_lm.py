@@ -43,8 +43,8 @@ def test_only_completion_tokens_are_scored(objective):
     tokenizer = objective.pretrained.tokenizer
     row = {"prompt": "the tea was great . sentiment :", "completion": "yes"}
     ids, labels, status = encode_row(row, tokenizer, objective.spec.data)
-    prompt = tokenizer(row["prompt"])["input_ids"]
-    assert status == 0 and ids[: len(prompt)] == prompt
+    prompt = [tokenizer.bos_token_id] + tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+    assert status == 0 and ids[: len(prompt)] == prompt, "a prompt starts a sequence: BOS, no end-of-sequence token"
     assert labels == [IGNORE] * len(prompt) + ids[len(prompt):]
     assert tokenizer.decode(ids[len(prompt):]) == "yes [SEP]", "the completion and the end-of-sequence token"
 
@@ -196,5 +196,31 @@ def test_language_model_settings_are_checked_at_validation(tmp_path, tiny_decode
     path.write_text(yaml.safe_dump(study))
     result = hpo("validate", str(path), "--offline", cwd=tmp_path)
     assert result.returncode == 2
-    assert "metric: accuracy does not apply to causal-lm (use loss, perplexity)" in result.stderr
+    assert "metric: accuracy does not apply to causal-lm (use loss, perplexity, exact_match, rouge_l)" in result.stderr
     assert "data.format: is required with task causal-lm" in result.stderr
+
+
+def test_generation_metrics_decode_a_fixed_subset_greedily(tmp_path, tiny_decoder, lm_data):
+    from objectives.generation import exact_match, normalise, rouge_l
+
+    assert normalise("  Paris. ") == "paris" and normalise("New  York!") == "new york"
+    assert exact_match(["Paris.", "rome"], ["paris", "Madrid"]) == 0.5
+    assert rouge_l(["the cat sat"], ["the cat sat down"]) == pytest.approx(2 * 3 / 7)
+
+    study = lm_study(tiny_decoder, lm_data, storage=f"sqlite:///{tmp_path / 'hpo.db'}", metric="exact_match")
+    study["data"].update(max_generation_samples=12, max_new_tokens=2)
+    spec = parse_spec(study)
+    assert spec.direction == "maximize"
+    objective = build(spec)
+    params = _params(learning_rate=2e-2, epochs=2)
+    model = objective.new_model(params, 0)
+    result = objective.train_model(model, params, 0, validation=objective.validation)
+    assert {"loss", "perplexity", "exact_match", "rouge_l"} <= set(result.best.metrics)
+    assert result.best.metrics["exact_match"] >= 0.5, [p.metrics for p in result.points]  # it answers yes/no
+
+    bad = dict(study, data={**study["data"], "max_generation_samples": 0})
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    refused = hpo("validate", str(path), "--offline", cwd=tmp_path)
+    assert refused.returncode == 2 and "data.max_generation_samples: must be > 0 for exact_match" in refused.stderr
+
