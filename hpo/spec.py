@@ -386,38 +386,39 @@ class StudySpec(Strict):
 
     @model_validator(mode="after")
     def _fits_task(self) -> "StudySpec":
-        """A metric or a loss option that the task cannot produce dooms every trial: say so now."""
+        """A metric or a loss option that the task cannot produce dooms every trial: say so now,
+        every such problem at once (one error naming each path, joined)."""
+        problems = self.task_problems()
+        if problems:
+            raise PydanticCustomError("task", "{problems}", {"problems": _JOIN.join(problems)})
+        return self
+
+    def task_problems(self) -> list[str]:
         regression = self.task == "text-regression"
         language = self.task == "causal-lm"
         allowed = TASK_METRICS[self.task]
+        problems = []
         for field, metric in (("metric", self.metric), ("pruner.metric", self.pruner.metric)):
             if metric is not None and metric not in allowed:
-                raise PydanticCustomError(
-                    "task", "{metric} does not apply to {task} (use {allowed})",
-                    {"field": field, "metric": metric, "task": self.task, "allowed": ", ".join(allowed)},
-                )
-        if self.pruner.type == "hyperband" and METRICS[self.pruning_metric] != self.direction:
-            raise PydanticCustomError(
-                "task", "hyperband judges with the study's direction; {metric} runs the other way (use median, percentile or successive_halving)",
-                {"field": "pruner.metric", "metric": self.pruning_metric},
-            )
+                problems.append(f"{field}: {metric} does not apply to {self.task} (use {', '.join(allowed)})")
+        if self.pruner.type == "hyperband" and self.pruning_metric in METRICS and METRICS[self.pruning_metric] != self.direction:
+            problems.append(f"pruner.metric: hyperband judges with the study's direction; {self.pruning_metric} runs the other way "
+                            "(use median, percentile or successive_halving)")
         if (regression or language) and self.class_weights is not None:
-            raise PydanticCustomError("task", "applies to classification tasks only", {"field": "class_weights"})
+            problems.append("class_weights: applies to classification tasks only")
         if language and self.data.format is None:
-            raise PydanticCustomError("task", "is required with task causal-lm (prompt-completion or messages)", {"field": "data.format"})
+            problems.append("data.format: is required with task causal-lm (prompt-completion or messages)")
         if not language and self.data.format is not None:
-            raise PydanticCustomError("task", "is only used with task causal-lm", {"field": "data.format"})
+            problems.append("data.format: is only used with task causal-lm")
         generated = [m for m in (self.metric, self.pruner.metric) if m in GENERATION_METRICS]
         if generated and self.data.max_generation_samples == 0:
-            raise PydanticCustomError(
-                "task", "must be > 0 for {metric} (validation rows decoded at each evaluation point)",
-                {"field": "data.max_generation_samples", "metric": generated[0]},
-            )
+            problems.append(f"data.max_generation_samples: must be > 0 for {generated[0]} "
+                            "(validation rows decoded at each evaluation point)")
         if self.data.image_column and self.task != "image-classification":
-            raise PydanticCustomError("task", "is only used with task image-classification", {"field": "data.image_column"})
+            problems.append("data.image_column: is only used with task image-classification")
         if (regression or language) and "label_smoothing" in self.search_space:
-            raise PydanticCustomError("task", "applies to classification tasks only", {"field": "search_space.label_smoothing"})
-        return self
+            problems.append("search_space.label_smoothing: applies to classification tasks only")
+        return problems
 
     @property
     def direction(self) -> str:
@@ -479,6 +480,9 @@ _FRIENDLY = {
     "union_tag_invalid": "has an unexpected form",
     "int_from_float": "must be an integer",
 }
+
+
+_JOIN = "\x1f"  # joins several problems inside one pydantic error; split again by _format
 
 
 def _format(error: dict[str, Any]) -> str:
@@ -581,7 +585,9 @@ def parse_spec(raw: Any, source: str = "<study>", base: Path | None = None) -> S
     try:
         StudySpec.model_validate(raw)
     except ValidationError as exc:
-        problems.extend(_format(e) for e in exc.errors())
+        for error in exc.errors():
+            joined = (error.get("ctx") or {}).get("problems") if error["type"] == "task" else None
+            problems.extend(joined.split(_JOIN) if joined else [_format(error)])
     problems.extend(_knob_problems(raw.get("search_space"), raw.get("adapter")))
     problems.extend(_file_problems(raw, base))
     if problems:
