@@ -42,3 +42,12 @@ def unload(peft_model, originals: dict[str, nn.Module]) -> nn.Module:
         parent = base.get_submodule(parent_name) if parent_name else base
         setattr(parent, child, module)
     return base
+
+
+def to_device(model: nn.Module, device) -> nn.Module:
+    """``model.to(device)``, except for a bitsandbytes-quantized base (QLoRA), which transformers
+    placed on its GPU when loading and refuses to move."""
+    base = getattr(getattr(model, "base_model", None), "model", model)
+    if getattr(base, "hf_quantizer", None) is not None or getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False):
+        return model
+    return model.to(device)

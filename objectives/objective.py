@@ -29,7 +29,7 @@ from objectives import adapter_report, adapters, freezing, retraining
 from objectives.classweights import class_weights
 from objectives.config import EvalConfig, Hooks, TrainConfig
 from objectives.errors import ObjectiveError
-from objectives.model import load_pretrained, model_depth, resolve
+from objectives.model import LoadOptions, load_pretrained, model_depth, resolve
 from objectives.runtime import pick_runtime
 from objectives.task import Batches, Task
 from objectives.training import EvalPoint, TrainResult, evaluate, fine_tune
@@ -87,7 +87,8 @@ class Objective:
         self.train_keys = splits.train_keys  # only to drop test rows seen in training, at retrain
         self.class_weights = None if spec.class_weights is None else class_weights(
             spec.class_weights, splits.train["labels"], splits.label_names)
-        self.pretrained = load_pretrained(spec.model, task, splits.label_names)
+        options = LoadOptions(gradient_checkpointing=spec.runtime.gradient_checkpointing, quantize=spec.adapter.quantize)
+        self.pretrained = load_pretrained(spec.model, task, splits.label_names, options)
         for name, dataset in (("train", splits.train), ("validation", splits.validation)):
             task.inputs.annotate(splits.report, name, dataset, self.pretrained.tokenizer, spec.data)
         self.data_report = splits.report.as_dict()

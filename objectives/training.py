@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from hpo.params import TrainingParams
+from objectives import compat
 from objectives.batching import batch_order
 from objectives.config import EvalConfig, Hooks, TrainConfig
 from objectives.heads import Head
@@ -164,7 +165,7 @@ def fine_tune(
 
     params, runtime = config.params, config.runtime
     set_seed(config.seed)
-    model.to(runtime.device).train()
+    compat.to_device(model, runtime.device).train()
     schedule = _Schedule.of(train, config, validation is not None)
     weights = torch.as_tensor(config.class_weights, dtype=torch.float32, device=runtime.device) if config.class_weights else None
     optimizer = _optimizer(model, params, runtime.device)

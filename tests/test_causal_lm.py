@@ -224,3 +224,35 @@ def test_generation_metrics_decode_a_fixed_subset_greedily(tmp_path, tiny_decode
     refused = hpo("validate", str(path), "--offline", cwd=tmp_path)
     assert refused.returncode == 2 and "data.max_generation_samples: must be > 0 for exact_match" in refused.stderr
 
+
+
+@pytest.mark.parametrize(
+    "adapter, message",
+    [({"type": "lora", "quantize": "4bit"}, "adapter.quantize: 4bit needs a CUDA GPU (bitsandbytes); this worker has none"),
+     ({"type": "none", "quantize": "4bit"}, "adapter.quantize: applies only with type lora (QLoRA)")],
+    ids=["no-gpu", "without-lora"],
+)
+def test_qlora_is_refused_where_it_cannot_run(tmp_path, tiny_decoder, lm_data, adapter, message):
+    if torch.cuda.is_available() and adapter["type"] == "lora":
+        pytest.skip("this machine has a CUDA GPU: QLoRA can run here")
+    study = lm_study(tiny_decoder, lm_data, storage=f"sqlite:///{tmp_path / 'hpo.db'}", adapter=adapter)
+    path = tmp_path / "qlora.yaml"
+    path.write_text(yaml.safe_dump(study))
+    result = hpo("launch", str(path), cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not optuna.get_all_study_names(study["storage"])
+
+
+def test_gradient_checkpointing_trains_to_the_same_weights(tmp_path, tiny_decoder, lm_data):
+    """Recomputing activations changes memory, not the result."""
+    losses = []
+    for checkpointing in (False, True):
+        study = lm_study(tiny_decoder, lm_data, storage=f"sqlite:///{tmp_path / 'hpo.db'}", adapter={"type": "lora"},
+                         runtime={"num_threads": 1, "precision": "fp32", "gradient_checkpointing": checkpointing})
+        objective = build(parse_spec(study))
+        assert objective.pretrained.model.is_gradient_checkpointing == checkpointing
+        params = _params(lora_r=4)
+        model = objective.new_model(params, 0)
+        losses.append(objective.train_model(model, params, 0, validation=objective.validation).best.metrics["loss"])
+        objective.release(model)
+    assert losses[1] == pytest.approx(losses[0], abs=1e-6)
