@@ -425,6 +425,11 @@ class StudySpec(Strict):
         return METRICS[self.metric]
 
     @property
+    def budget_unit(self) -> str:
+        """What evaluation points, the pruner's steps and ``examples_seen`` count."""
+        return "tokens" if self.task == "causal-lm" else "examples"
+
+    @property
     def pruning_metric(self) -> str:
         """What trials report at each evaluation point: ``pruner.metric``, else the study's metric."""
         return self.pruner.metric or self.metric
