@@ -111,6 +111,9 @@ class ImageInputs:
     def annotate(self, report, split: str, dataset, preprocessor, data: DataSpec) -> None:
         """Nothing to add: the report has the labels."""
 
+    def check(self, model, batches) -> None:
+        """Nothing depends on the model here."""
+
     def batches(self, dataset, preprocessor, data: DataSpec, *, training: bool) -> ImageBatcher:
         return ImageBatcher(dataset, data.image_column, preprocessor, augment=training and data.augment)
 

@@ -200,6 +200,24 @@ class LanguageModelBatches:
         return out
 
 
+def check_packing(model, batches: LanguageModelBatches) -> None:
+    import torch
+
+    row = next((r for r in batches.rows if len(r) >= 2), None)
+    if row is None:
+        return  # nothing is packed with another example
+    first, second = (batches.ids[i][:16] for i in row[:2])
+    device = next(model.parameters()).device
+    ids = torch.tensor([first + second], device=device)
+    positions = torch.tensor([list(range(len(first))) + list(range(len(second)))], device=device)
+    with torch.no_grad():
+        alone = model(input_ids=torch.tensor([second], device=device)).logits[0].float()
+        packed = model(input_ids=ids, position_ids=positions, **compat.PACKED_FORWARD).logits[0, len(first):].float()
+    if not torch.allclose(alone, packed, rtol=1e-3, atol=1e-3):
+        raise ObjectiveError(f"data.packing: {type(model).__name__} lets packed examples attend to each other "
+                             "(it does not restart at position ids); set packing: false")
+
+
 @dataclass(frozen=True)
 class LanguageModelInputs:
     unit: str = "tokens"  # the budget: completion tokens seen
@@ -238,6 +256,12 @@ class LanguageModelInputs:
             batches.samples = samples(rows, preprocessor, data)
             batches.decode = lambda tokens: preprocessor.decode(tokens, skip_special_tokens=True)
         return batches
+
+    def check(self, model, batches: LanguageModelBatches) -> None:
+        """Packed rows must score as the examples would alone: some architectures ignore position ids
+        (or build their own mask) and would let packed examples attend to each other."""
+        if batches.packing:
+            check_packing(model, batches)
 
     def annotate(self, report, split: str, dataset, preprocessor, data: DataSpec) -> None:
         """Token lengths of the split's rows, and rows over max_length (truncated or dropped), in the report."""

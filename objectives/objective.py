@@ -101,6 +101,7 @@ class Objective:
             adapter_report.check_targets(spec, self.pretrained.model)  # a target a trial would fail on: now
         self.train = self._batches(splits.train, training=True)
         self.validation = self._batches(splits.validation, training=False)
+        task.inputs.check(self.pretrained.model, self.validation)  # e.g. packing scores as unpacked rows would
         self.test: Batches | None = None  # read by load_test(), once the search is over
         # What lives as long as the worker (libraries, data, pretrained weights)
         # leaves the collector's reach: the gc.collect after each trial then

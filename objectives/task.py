@@ -46,6 +46,8 @@ class Inputs(Protocol):
 
     def batches(self, dataset, preprocessor, data: DataSpec, *, training: bool) -> Batches: ...
 
+    def check(self, model, batches: Batches) -> None: ...  # what only the loaded model can tell; ObjectiveError
+
 
 @dataclass(frozen=True)
 class Task:

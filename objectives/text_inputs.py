@@ -40,6 +40,9 @@ class TextInputs:
     def annotate(self, report, split: str, dataset, preprocessor, data: DataSpec) -> None:
         """Nothing to add: the report has the labels."""
 
+    def check(self, model, batches) -> None:
+        """Nothing depends on the model here."""
+
     def batches(self, dataset, preprocessor, data: DataSpec, *, training: bool) -> Batcher:
         tokenized = tokenize(dataset, preprocessor, data.text_columns, data.max_length)
         return Batcher(tokenized, preprocessor.pad_token_id)
