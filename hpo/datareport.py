@@ -26,9 +26,12 @@ def _labels(labels: dict[str, Any]) -> str:
 def format_report(report: dict[str, Any]) -> str:
     """Rows per split, then labels per split, then test leakage, warnings and what the options did."""
     splits = report.get("splits", {})
-    rows = [[name, *(split.get(c, 0) for c in _COUNTS)] for name, split in splits.items()]
-    lines = ["data report", table(["split", *_COUNTS], rows), ""]
-    lines += [f"labels    {name}: {_labels(split.get('labels', {}))}" for name, split in splits.items()]
+    counts = _COUNTS if not report.get("language_model") else (
+        "read", "empty_text", "empty_completion", "duplicates", "leaking", "too_long", "used")
+    rows = [[name, *(split.get(c, 0) for c in counts)] for name, split in splits.items()]
+    lines = ["data report", table(["split", *counts], rows), ""]
+    what = "tokens" if report.get("language_model") else "labels"
+    lines += [f"{what:<9} {name}: {_labels(split.get('labels', {}))}" for name, split in splits.items()]
     test = report.get("test")
     if test:
         if test.get("checked"):

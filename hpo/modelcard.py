@@ -46,10 +46,16 @@ def _is_hub_id(model: str) -> bool:
 
 def _pipeline(spec: StudySpec) -> str:
     """The transformers pipeline that runs the model (regression heads run in text-classification too)."""
+    if spec.task == "causal-lm":
+        return "text-generation"
     return "image-classification" if spec.task.startswith("image") else "text-classification"
 
 
 def _sample(spec: StudySpec) -> str:
+    if spec.task == "causal-lm":
+        if spec.data.format == "messages":
+            return '[{"role": "user", "content": "a question"}], max_new_tokens=64'
+        return '"a prompt", max_new_tokens=64'
     if spec.task.startswith("image"):
         return '"photo.jpg"'
     if len(spec.data.text_columns) == 2:
@@ -153,7 +159,27 @@ tokenizer = AutoTokenizer.from_pretrained("model")
 """
 
 
+LM_ADAPTER_USE = """## Use
+
+`model/` is a LoRA adapter (PEFT format) with the tokenizer and its chat template; `merged/`, written by
+`hpo export --merge`, is the adapter folded into the base and needs no PEFT.
+
+```python
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoTokenizer
+
+model = AutoPeftModelForCausalLM.from_pretrained("model").eval()  # loads the base it names, then the adapter
+tokenizer = AutoTokenizer.from_pretrained("model")
+inputs = tokenizer("a prompt", return_tensors="pt")  # chat data: tokenizer.apply_chat_template(messages, ...)
+print(tokenizer.decode(model.generate(**inputs, max_new_tokens=64)[0], skip_special_tokens=True))
+# or, after `hpo export --merge`: transformers.pipeline("text-generation", model="merged")
+```
+"""
+
+
 def _adapter_use(spec: StudySpec, study: optuna.Study) -> str:
+    if spec.task == "causal-lm":
+        return LM_ADAPTER_USE
     image = spec.task.startswith("image")
     labels = study.user_attrs.get("label_names") or []
     named = f", id2label={dict(enumerate(labels))}, label2id={ {n: i for i, n in enumerate(labels)} }" if labels else ""
@@ -169,8 +195,10 @@ def _data(spec: StudySpec, study: optuna.Study, record: RetrainRecord | None) ->
     if record:
         sizes.append(f"test {record.test.examples}")
     return ["## Data", "",
-            f"- Source: {_data_source(spec)}; text `{', '.join(data.text_columns)}`, label `{data.label_column}`"
-            + (f" ({', '.join(map(str, labels))})" if labels else ""),
+            f"- Source: {_data_source(spec)}; " + (
+                f"{data.format} rows (`{'`, `'.join(data.key_columns)}`), loss on completion tokens only"
+                if data.format else f"text `{', '.join(data.text_columns)}`, label `{data.label_column}`"
+                + (f" ({', '.join(map(str, labels))})" if labels else "")),
             f"- Examples: {', '.join(sizes)}" + ("" if data.validation else
                                                  f" (validation carved from train, {data.validation_fraction:.0%})"),
             f"- Texts truncated to {data.max_length} tokens"]

@@ -78,7 +78,7 @@ def learning_curves(study: optuna.Study, spec: StudySpec):
     if not ax.lines:
         plt.close(fig)
         raise ValueError("no trial reported an intermediate value yet")
-    ax.set_xlabel("training examples seen")
+    ax.set_xlabel("completion tokens seen" if spec.budget_unit == "tokens" else "training examples seen")
     ax.set_ylabel(f"validation {spec.pruning_metric}")
     ax.set_title("Learning curves")
     ax.legend(loc="best")

@@ -134,6 +134,9 @@ class TrialRecord(Record):
     best_metrics: dict[str, float] | None = None
     curve: dict[str, list[float]] | None = None  # "examples" and each metric, at every evaluation point
     adapter: AdapterFacts | None = None
+    # What examples_seen, best_examples and the pruner's steps count: examples, or (causal-lm)
+    # completion tokens, so that trials whose rows differ in length are compared by data seen.
+    budget_unit: Literal["examples", "tokens"] = "examples"
 
     def write(self, trial: optuna.Trial) -> None:
         for key, value in _attributes(self).items():
@@ -175,6 +178,7 @@ class StudyFacts(Record):
     device: str
     precision: str
     adapter: str = "none"  # the study's adapter.type
+    budget_unit: Literal["examples", "tokens"] = "examples"
 
     def attributes(self) -> dict[str, Any]:
         """The study attributes to set (``hpo launch`` hands them to the runner with the spec's)."""

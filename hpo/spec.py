@@ -49,11 +49,24 @@ METRICS: dict[str, str] = {
     "mae": "minimize",
     "r2": "maximize",
     "spearman": "maximize",
+    # causal-lm: token-mean cross-entropy on completion tokens is `loss`
+    "perplexity": "minimize",
+    # causal-lm, on up to data.max_generation_samples validation rows decoded greedily
+    "exact_match": "maximize",  # normalised: case, surrounding space and punctuation, inner runs of space
+    "rouge_l": "maximize",  # F-measure of the longest common subsequence of words
 }
+GENERATION_METRICS = ("exact_match", "rouge_l")
 
-TASKS = ("text-classification", "text-regression", "image-classification")
+TASKS = ("text-classification", "text-regression", "image-classification", "causal-lm")
 REGRESSION_METRICS = ("rmse", "mae", "r2", "spearman", "loss")
-CLASSIFICATION_METRICS = tuple(m for m in METRICS if m not in REGRESSION_METRICS or m == "loss")
+LANGUAGE_MODEL_METRICS = ("loss", "perplexity", "exact_match", "rouge_l")
+CLASSIFICATION_METRICS = tuple(m for m in METRICS if m not in (*REGRESSION_METRICS, *LANGUAGE_MODEL_METRICS) or m == "loss")
+TASK_METRICS = {
+    "text-classification": CLASSIFICATION_METRICS,
+    "image-classification": CLASSIFICATION_METRICS,
+    "text-regression": REGRESSION_METRICS,
+    "causal-lm": LANGUAGE_MODEL_METRICS,
+}
 
 DEFAULT_STORAGE = "sqlite:///hpo.db"
 FILE_SOURCES = ("csv", "json", "parquet", "imagefolder")
@@ -158,6 +171,24 @@ class DataSpec(Strict):
     # found by file content. augment: random crop and flip of training images.
     image_column: str | None = None
     augment: bool = True
+    # Language models (task: causal-lm). prompt-completion: a prompt and a completion
+    # column; messages: one column of chat turns ({role, content}), rendered with the
+    # tokenizer's chat template. The loss covers completion (assistant) tokens only.
+    format: Literal["prompt-completion", "messages"] | None = None
+    prompt_column: str = "prompt"
+    completion_column: str = "completion"
+    messages_column: str = "messages"
+    # Several short examples per row of max_length tokens, each attending only to
+    # itself (position ids restart per example): the same loss as one example per
+    # row, with no padding. batch_size then counts packed rows.
+    packing: bool = True
+    # A row longer than max_length: keep its end and cut the prompt from the left
+    # ("prompt"), or drop the row ("drop"). Either is counted in the data report.
+    truncation: Literal["prompt", "drop"] = "prompt"
+    # Generation metrics (exact_match, rouge_l) decode the first N validation rows greedily
+    # at every evaluation point, up to max_new_tokens each; 0 computes none (loss only).
+    max_generation_samples: int = Field(0, ge=0, le=100_000)
+    max_new_tokens: int = Field(64, ge=1, le=32768)
 
     @field_validator("text_column")
     @classmethod
@@ -175,6 +206,15 @@ class DataSpec(Strict):
         if self.source == "imagefolder" and not self.image_column:
             raise PydanticCustomError("data", "imagefolder holds images: use task image-classification", {"field": "source"})
         return self
+
+    @property
+    def key_columns(self) -> tuple[str, ...]:
+        """The columns that make one example, by what the study reads."""
+        if self.format == "prompt-completion":
+            return (self.prompt_column, self.completion_column)
+        if self.format == "messages":
+            return (self.messages_column,)
+        return (self.image_column,) if self.image_column else self.text_columns
 
     @property
     def text_columns(self) -> tuple[str, ...]:
@@ -269,6 +309,15 @@ class AdapterSpec(Strict):
     """
 
     type: Literal["none", "lora"] = "none"
+    # QLoRA: the frozen base loaded in 4 (or 8) bits through bitsandbytes, on CUDA only;
+    # the adapter trains in bf16. A worker without a CUDA GPU refuses it (exit 2).
+    quantize: Literal["4bit", "8bit"] | None = None
+
+    @model_validator(mode="after")
+    def _quantize_needs_lora(self) -> "AdapterSpec":
+        if self.quantize and self.type != "lora":
+            raise PydanticCustomError("adapter", "applies only with type lora (QLoRA)", {"field": "quantize"})
+        return self
 
 
 class RuntimeSpec(Strict):
@@ -278,6 +327,9 @@ class RuntimeSpec(Strict):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     # CPU threads per worker; None leaves torch's default.
     num_threads: int | None = Field(None, ge=1)
+    # Recompute activations in the backward pass instead of keeping them: about a third
+    # slower, much less memory (long sequences, large models on one GPU).
+    gradient_checkpointing: bool = False
 
 
 class HeartbeatSpec(Strict):
@@ -325,8 +377,8 @@ class StudySpec(Strict):
         """No metric named: accuracy for classification, rmse for regression; images in column "image"."""
         if not isinstance(raw, dict):
             return raw
-        if "metric" not in raw and raw.get("task") == "text-regression":
-            raw = {**raw, "metric": "rmse"}
+        if "metric" not in raw and raw.get("task") in ("text-regression", "causal-lm"):
+            raw = {**raw, "metric": "rmse" if raw["task"] == "text-regression" else "loss"}
         data = raw.get("data")
         if raw.get("task") == "image-classification" and isinstance(data, dict) and "image_column" not in data:
             raw = {**raw, "data": {**data, "image_column": "image"}}
@@ -334,31 +386,48 @@ class StudySpec(Strict):
 
     @model_validator(mode="after")
     def _fits_task(self) -> "StudySpec":
-        """A metric or a loss option that the task cannot produce dooms every trial: say so now."""
+        """A metric or a loss option that the task cannot produce dooms every trial: say so now,
+        every such problem at once (one error naming each path, joined)."""
+        problems = self.task_problems()
+        if problems:
+            raise PydanticCustomError("task", "{problems}", {"problems": _JOIN.join(problems)})
+        return self
+
+    def task_problems(self) -> list[str]:
         regression = self.task == "text-regression"
-        allowed = REGRESSION_METRICS if regression else CLASSIFICATION_METRICS
+        language = self.task == "causal-lm"
+        allowed = TASK_METRICS[self.task]
+        problems = []
         for field, metric in (("metric", self.metric), ("pruner.metric", self.pruner.metric)):
             if metric is not None and metric not in allowed:
-                raise PydanticCustomError(
-                    "task", "{metric} does not apply to {task} (use {allowed})",
-                    {"field": field, "metric": metric, "task": self.task, "allowed": ", ".join(allowed)},
-                )
-        if self.pruner.type == "hyperband" and METRICS[self.pruning_metric] != self.direction:
-            raise PydanticCustomError(
-                "task", "hyperband judges with the study's direction; {metric} runs the other way (use median, percentile or successive_halving)",
-                {"field": "pruner.metric", "metric": self.pruning_metric},
-            )
-        if regression and self.class_weights is not None:
-            raise PydanticCustomError("task", "applies to classification tasks only", {"field": "class_weights"})
+                problems.append(f"{field}: {metric} does not apply to {self.task} (use {', '.join(allowed)})")
+        if self.pruner.type == "hyperband" and self.pruning_metric in METRICS and METRICS[self.pruning_metric] != self.direction:
+            problems.append(f"pruner.metric: hyperband judges with the study's direction; {self.pruning_metric} runs the other way "
+                            "(use median, percentile or successive_halving)")
+        if (regression or language) and self.class_weights is not None:
+            problems.append("class_weights: applies to classification tasks only")
+        if language and self.data.format is None:
+            problems.append("data.format: is required with task causal-lm (prompt-completion or messages)")
+        if not language and self.data.format is not None:
+            problems.append("data.format: is only used with task causal-lm")
+        generated = [m for m in (self.metric, self.pruner.metric) if m in GENERATION_METRICS]
+        if generated and self.data.max_generation_samples == 0:
+            problems.append(f"data.max_generation_samples: must be > 0 for {generated[0]} "
+                            "(validation rows decoded at each evaluation point)")
         if self.data.image_column and self.task != "image-classification":
-            raise PydanticCustomError("task", "is only used with task image-classification", {"field": "data.image_column"})
-        if regression and "label_smoothing" in self.search_space:
-            raise PydanticCustomError("task", "applies to classification tasks only", {"field": "search_space.label_smoothing"})
-        return self
+            problems.append("data.image_column: is only used with task image-classification")
+        if (regression or language) and "label_smoothing" in self.search_space:
+            problems.append("search_space.label_smoothing: applies to classification tasks only")
+        return problems
 
     @property
     def direction(self) -> str:
         return METRICS[self.metric]
+
+    @property
+    def budget_unit(self) -> str:
+        """What evaluation points, the pruner's steps and ``examples_seen`` count."""
+        return "tokens" if self.task == "causal-lm" else "examples"
 
     @property
     def pruning_metric(self) -> str:
@@ -416,6 +485,9 @@ _FRIENDLY = {
     "union_tag_invalid": "has an unexpected form",
     "int_from_float": "must be an integer",
 }
+
+
+_JOIN = "\x1f"  # joins several problems inside one pydantic error; split again by _format
 
 
 def _format(error: dict[str, Any]) -> str:
@@ -518,7 +590,9 @@ def parse_spec(raw: Any, source: str = "<study>", base: Path | None = None) -> S
     try:
         StudySpec.model_validate(raw)
     except ValidationError as exc:
-        problems.extend(_format(e) for e in exc.errors())
+        for error in exc.errors():
+            joined = (error.get("ctx") or {}).get("problems") if error["type"] == "task" else None
+            problems.extend(joined.split(_JOIN) if joined else [_format(error)])
     problems.extend(_knob_problems(raw.get("search_space"), raw.get("adapter")))
     problems.extend(_file_problems(raw, base))
     if problems:

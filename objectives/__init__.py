@@ -14,6 +14,7 @@ TASKS = {
     "text-classification": "objectives.text_classification",
     "text-regression": "objectives.text_regression",
     "image-classification": "objectives.image_classification",
+    "causal-lm": "objectives.causal_lm",
 }
 
 

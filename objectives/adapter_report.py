@@ -40,8 +40,7 @@ def table(spec: StudySpec, task) -> list[list[Any]] | None:
         return None
     check_targets(spec, model)
     total = sum(p.numel() for p in model.parameters())
-    heads = adapters.head_modules(model, [])
-    head = adapters.head_parameters(model, heads)
+    head = adapters.head_parameters(model, task.head.trained_modules(model, []))
     ranks = sorted({min(_values(spec, "lora_r")), max(_values(spec, "lora_r"))})
     skip = min(_values(spec, "freeze_depth")) if "freeze_depth" in spec.search_space else 0
     rows = [["full fine-tuning", "-", total, 100.0]]

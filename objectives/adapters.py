@@ -92,14 +92,6 @@ def _within_block(name: str) -> str:
     return ".".join(parts[index + 1 :])
 
 
-def head_modules(model: nn.Module, pretrained_heads: list[str]) -> list[str]:
-    """What always trains with an adapter: modules outside the base model (the task head)
-    and any module the checkpoint did not have (a pooler a sentence encoder lacks)."""
-    base = getattr(model, "base_model", model)
-    outside = [name for name, child in model.named_children() if child is not base and any(True for _ in child.parameters())]
-    return sorted(set(outside) | set(pretrained_heads))
-
-
 def lora_parameters(found: list[Target], rank: int) -> int:
     return sum(rank * (t.in_features + t.out_features) for t in found)
 
@@ -157,7 +149,7 @@ class LoraAdapters:
     def __init__(self, pretrained: Pretrained):
         self.pretrained = pretrained
         self.base = pretrained.model
-        self.heads = head_modules(self.base, pretrained.head_modules)
+        self.heads = pretrained.trained_modules
         self.grad = {name: p.requires_grad for name, p in self.base.named_parameters()}
         self.dropout = _dropout_settings(self.base)
         self.current = None

@@ -24,6 +24,11 @@ class Batcher:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def units(self) -> np.ndarray:
+        """Budget units per row: one example each."""
+        return np.ones(len(self.labels), dtype=np.int64)
+
     @classmethod
     def concat(cls, first: "Batcher", second: "Batcher") -> "Batcher":
         """Two tokenized splits as one training set (retraining on train + validation)."""

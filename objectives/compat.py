@@ -13,6 +13,11 @@ from __future__ import annotations
 
 from torch import nn
 
+# transformers keeps packed examples apart (attention within each, from position ids that
+# restart) only when there is no attention mask and no cache; a forward builds a cache
+# unless told not to, and then the examples of a packed row attend to each other.
+PACKED_FORWARD = {"use_cache": False}
+
 
 def init_module(model: nn.Module, module: nn.Module) -> None:
     """Initialise ``module`` as ``model`` initialises a freshly created head."""
@@ -37,3 +42,12 @@ def unload(peft_model, originals: dict[str, nn.Module]) -> nn.Module:
         parent = base.get_submodule(parent_name) if parent_name else base
         setattr(parent, child, module)
     return base
+
+
+def to_device(model: nn.Module, device) -> nn.Module:
+    """``model.to(device)``, except for a bitsandbytes-quantized base (QLoRA), which transformers
+    placed on its GPU when loading and refuses to move."""
+    base = getattr(getattr(model, "base_model", None), "model", model)
+    if getattr(base, "hf_quantizer", None) is not None or getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False):
+        return model
+    return model.to(device)

@@ -38,7 +38,7 @@ def _demo_frame(name: str):
 
 def input_columns(data: DataSpec) -> tuple[str, ...]:
     """The columns that make an example: the image column for images, else the text column(s)."""
-    return (data.image_column,) if data.image_column else data.text_columns
+    return data.key_columns
 
 
 def _read(data: DataSpec, split: str, where: str):

@@ -43,6 +43,8 @@ class SplitReport:
     read: int = 0  # rows in the source
     empty_text: int = 0  # dropped: no text (or no image)
     missing_label: int = 0  # dropped: no label
+    empty_completion: int = 0  # dropped (language models): no completion, or no assistant turn
+    too_long: int = 0  # language models: rows over max_length, truncated or dropped (data.truncation)
     duplicates: int = 0  # exact repeats of a row of the same split (dropped if drop_duplicates)
     conflicting: int = 0  # distinct texts that carry more than one label (kept)
     leaking: int = 0  # rows whose text also occurs in train (dropped if drop_leaking)
@@ -60,6 +62,7 @@ class DataReport:
     splits: dict[str, SplitReport] = field(default_factory=dict)
     carved: bool = False  # validation carved from train
     notes: list[str] = field(default_factory=list)
+    language_model: bool = False  # rows are prompts and completions: token lengths instead of labels
 
     def split(self, name: str) -> SplitReport:
         return self.splits.setdefault(name, SplitReport())
@@ -89,6 +92,7 @@ class DataReport:
             "drop_duplicates": self.drop_duplicates,
             "drop_leaking": self.drop_leaking,
             "validation_carved_from_train": self.carved,
+            **({"language_model": True} if self.language_model else {}),
             "splits": {name: split.as_dict() for name, split in self.splits.items()},
             "warnings": self.warnings(),
             "notes": list(self.notes),

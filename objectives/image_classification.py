@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from hpo.spec import DataSpec
+from objectives.data import count_test_leaks, load_splits, load_test
 from objectives.batching import label_tensor
 from objectives.heads import ClassificationHead
 from objectives.imagefiles import open_image
@@ -42,6 +43,11 @@ class ImageBatcher:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def units(self) -> np.ndarray:
+        """Budget units per row: one example each."""
+        return np.ones(len(self.labels), dtype=np.int64)
 
     @classmethod
     def concat(cls, first: "ImageBatcher", second: "ImageBatcher") -> "ImageBatcher":
@@ -81,6 +87,8 @@ def augment(image):
 
 @dataclass(frozen=True)
 class ImageInputs:
+    unit: str = "examples"  # the budget: examples seen
+
     def auto_model(self):
         from transformers import AutoModelForImageClassification
 
@@ -90,6 +98,21 @@ class ImageInputs:
         from transformers import AutoImageProcessor
 
         return AutoImageProcessor.from_pretrained(path)
+
+    def splits(self, data: DataSpec, seed: int, numeric_labels: bool):
+        return load_splits(data, seed, numeric_labels=numeric_labels)
+
+    def test_split(self, data: DataSpec, label_names, numeric_labels: bool, train_keys):
+        return load_test(data, label_names, numeric_labels=numeric_labels, train_keys=train_keys)
+
+    def test_leaks(self, data: DataSpec, train_keys: set):
+        return count_test_leaks(data, train_keys)
+
+    def annotate(self, report, split: str, dataset, preprocessor, data: DataSpec) -> None:
+        """Nothing to add: the report has the labels."""
+
+    def check(self, model, batches) -> None:
+        """Nothing depends on the model here."""
 
     def batches(self, dataset, preprocessor, data: DataSpec, *, training: bool) -> ImageBatcher:
         return ImageBatcher(dataset, data.image_column, preprocessor, augment=training and data.augment)

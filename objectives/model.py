@@ -31,7 +31,8 @@ def resolve(model: str) -> str:
 class Pretrained:
     model: object  # the loaded model, kept on the CPU as the source of every copy
     tokenizer: object
-    head_modules: list[str]  # modules whose weights were not in the checkpoint
+    head_modules: list[str]  # new modules (a head the checkpoint lacks): initialised from each trial's seed
+    trained_modules: list[str]  # what trains in full beside an adapter (the task head)
     name: str
 
     def fresh_copy(self, seed: int):
@@ -47,7 +48,50 @@ class Pretrained:
         return model
 
 
-def load_pretrained(model_name: str, task, label_names: list[str]) -> Pretrained:
+@dataclass(frozen=True)
+class LoadOptions:
+    """How the base is loaded, beyond which model it is."""
+
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass
+    quantize: str | None = None  # "4bit" / "8bit": QLoRA's frozen base, through bitsandbytes (CUDA only)
+
+
+def _quantization(quantize: str | None) -> dict:
+    """from_pretrained arguments for a quantized base; checked to be possible before any download."""
+    if quantize is None:
+        return {}
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ObjectiveError(f"adapter.quantize: {quantize} needs a CUDA GPU (bitsandbytes); this worker has none. "
+                             "Drop adapter.quantize to train LoRA on the unquantized base")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ObjectiveError(f"adapter.quantize: {quantize} needs bitsandbytes: pip install bitsandbytes") from None
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "8bit":
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                    bnb_4bit_compute_dtype=torch.bfloat16)
+    return {"quantization_config": config, "device_map": {"": torch.cuda.current_device()}}
+
+
+def _prepare(model, options: LoadOptions):
+    if options.quantize:
+        from peft import prepare_model_for_kbit_training
+
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=options.gradient_checkpointing,
+                                               gradient_checkpointing_kwargs={"use_reentrant": False})
+    if options.gradient_checkpointing:
+        # Non-reentrant: the frozen embeddings of an adapter run need no input gradients.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def load_pretrained(model_name: str, task, label_names: list[str], options: LoadOptions = LoadOptions()) -> Pretrained:
     """Load the preprocessor and the model with the task's head, with errors that name the model.
 
     Text models come with their tokenizer, image models (ResNet, ViT,
@@ -66,7 +110,7 @@ def load_pretrained(model_name: str, task, label_names: list[str]) -> Pretrained
         preprocessor = task.inputs.preprocessor(path)
         config = task.head.configure(AutoConfig.from_pretrained(path), label_names)
         model, info = task.inputs.auto_model().from_pretrained(
-            path, config=config, ignore_mismatched_sizes=True, output_loading_info=True
+            path, config=config, ignore_mismatched_sizes=True, output_loading_info=True, **_quantization(options.quantize)
         )
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -75,8 +119,10 @@ def load_pretrained(model_name: str, task, label_names: list[str]) -> Pretrained
     if pad is not None and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = pad  # decoder-only models pool the last non-pad token
     mismatched = [key if isinstance(key, str) else key[0] for key in info.get("mismatched_keys", [])]
-    heads = {key.rsplit(".", 1)[0] for key in [*info["missing_keys"], *mismatched]}
-    return Pretrained(model=model.eval(), tokenizer=preprocessor, head_modules=sorted(heads), name=model_name)
+    missing = sorted({key.rsplit(".", 1)[0] for key in [*info["missing_keys"], *mismatched]})
+    model = _prepare(model, options)
+    return Pretrained(model=model.eval(), tokenizer=preprocessor, head_modules=task.head.new_modules(missing),
+                      trained_modules=task.head.trained_modules(model, missing), name=model_name)
 
 
 def skeleton(model_name: str, task, label_names: list[str] | None = None):

@@ -28,9 +28,8 @@ from hpo.spec import StudySpec
 from objectives import adapter_report, adapters, freezing, retraining
 from objectives.classweights import class_weights
 from objectives.config import EvalConfig, Hooks, TrainConfig
-from objectives.data import count_test_leaks, load_splits, load_test
 from objectives.errors import ObjectiveError
-from objectives.model import load_pretrained, model_depth
+from objectives.model import LoadOptions, load_pretrained, model_depth, resolve
 from objectives.runtime import pick_runtime
 from objectives.task import Batches, Task
 from objectives.training import EvalPoint, TrainResult, evaluate, fine_tune
@@ -63,10 +62,15 @@ def check(spec: StudySpec, task: Task) -> dict[str, Any]:
         facts["adapter_table"] = adapter_report.table(spec, task)
     if spec.data.source == "hub":
         return {**facts, "data": "hub dataset: checked at launch"}
-    splits = load_splits(spec.data, spec.seed, numeric_labels=task.head.numeric_labels)
-    class_weights(spec.class_weights, splits.train["labels"], splits.label_names)
+    splits = task.inputs.splits(spec.data, spec.seed, task.head.numeric_labels)
+    if spec.class_weights is not None:
+        class_weights(spec.class_weights, splits.train["labels"], splits.label_names)
+    if model_depth(spec.model, task) is not None:  # the tokenizer is on this machine: token lengths too
+        preprocessor = task.inputs.preprocessor(resolve(spec.model))
+        for name, dataset in (("train", splits.train), ("validation", splits.validation)):
+            task.inputs.annotate(splits.report, name, dataset, preprocessor, spec.data)
     report = splits.report.as_dict()
-    report["test"] = count_test_leaks(spec.data, splits.train_keys)
+    report["test"] = task.inputs.test_leaks(spec.data, splits.train_keys)
     return {"train": len(splits.train), "validation": len(splits.validation), "labels": splits.label_names,
             **facts, "data_report": report}
 
@@ -77,15 +81,19 @@ class Objective:
         self.runtime = pick_runtime(spec.runtime.device, spec.runtime.precision)
         if spec.runtime.num_threads:
             torch.set_num_threads(spec.runtime.num_threads)
-        splits = load_splits(spec.data, spec.seed, numeric_labels=task.head.numeric_labels)
+        splits = task.inputs.splits(spec.data, spec.seed, task.head.numeric_labels)
         self.label_names = splits.label_names
         self.dropped = splits.dropped
-        self.data_report = splits.report.as_dict()
         self.train_keys = splits.train_keys  # only to drop test rows seen in training, at retrain
-        self.class_weights = class_weights(spec.class_weights, splits.train["labels"], splits.label_names)
+        self.class_weights = None if spec.class_weights is None else class_weights(
+            spec.class_weights, splits.train["labels"], splits.label_names)
+        options = LoadOptions(gradient_checkpointing=spec.runtime.gradient_checkpointing, quantize=spec.adapter.quantize)
+        self.pretrained = load_pretrained(spec.model, task, splits.label_names, options)
+        for name, dataset in (("train", splits.train), ("validation", splits.validation)):
+            task.inputs.annotate(splits.report, name, dataset, self.pretrained.tokenizer, spec.data)
+        self.data_report = splits.report.as_dict()
         for warning in self.data_report["warnings"]:
             log.warning("data: %s", warning)
-        self.pretrained = load_pretrained(spec.model, task, splits.label_names)
         self.depth = freezing.depth(self.pretrained.model)
         check_freeze_depth(spec, self.depth)
         self.models = adapters.build(spec.adapter.type, self.pretrained)
@@ -93,6 +101,7 @@ class Objective:
             adapter_report.check_targets(spec, self.pretrained.model)  # a target a trial would fail on: now
         self.train = self._batches(splits.train, training=True)
         self.validation = self._batches(splits.validation, training=False)
+        task.inputs.check(self.pretrained.model, self.validation)  # e.g. packing scores as unpacked rows would
         self.test: Batches | None = None  # read by load_test(), once the search is over
         # What lives as long as the worker (libraries, data, pretrained weights)
         # leaves the collector's reach: the gc.collect after each trial then
@@ -118,6 +127,7 @@ class Objective:
             device=str(self.runtime.device),
             precision=self.runtime.precision,
             adapter=self.spec.adapter.type,
+            budget_unit=self.task.inputs.unit,
         ).attributes()
 
     # --- one training run: what trials, retrain and the benchmarks share ------
@@ -161,7 +171,7 @@ class Objective:
 
     def load_test(self) -> int:
         """Read the held-out split (its first reading); returns its size."""
-        rows = load_test(self.spec.data, self.label_names, numeric_labels=self.task.head.numeric_labels, train_keys=self.train_keys)
+        rows = self.task.inputs.test_split(self.spec.data, self.label_names, self.task.head.numeric_labels, self.train_keys)
         self.test = self._batches(rows, training=False)
         return len(self.test)
 
@@ -190,7 +200,7 @@ class Objective:
             self.train_model(model, params, self.spec.seed, validation=self.validation,
                              hooks=Hooks(on_eval=self._reporter(trial), on_batch=notes.batch), result=result)
         finally:
-            record_trial(trial, result, model, self.runtime, time.perf_counter() - start, adapter)
+            record_trial(trial, result, model, self.runtime, time.perf_counter() - start, adapter, self.task.inputs.unit)
             notes.close(result.examples_seen)  # a trial that failed between points got further than its last one
             self.release(model)
             del model
@@ -204,9 +214,10 @@ class Objective:
 
         def on_eval(point: EvalPoint) -> None:
             trial.report(point.metrics[reported], step=point.examples)
-            log.info("trial %d: %s %.4f after %d examples (epoch %.2f)", trial.number, metric, point.metrics[metric], point.examples, point.epoch)
+            log.info("trial %d: %s %.4f after %d %s (epoch %.2f)", trial.number, metric, point.metrics[metric], point.examples,
+                     self.task.inputs.unit, point.epoch)
             # At the last point the training is paid for: pruning would only throw the result away.
             if not point.last and trial.should_prune():
-                raise optuna.TrialPruned(f"{reported} {point.metrics[reported]:.4f} after {point.examples} examples")
+                raise optuna.TrialPruned(f"{reported} {point.metrics[reported]:.4f} after {point.examples} {self.task.inputs.unit}")
 
         return on_eval

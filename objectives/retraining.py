@@ -20,7 +20,7 @@ import torch
 from hpo.params import TrainingParams
 from objectives.config import Hooks
 from objectives.trial_notes import release_memory
-from objectives.training import EvalPoint
+from objectives.training import EvalPoint, units_per_epoch
 
 if TYPE_CHECKING:
     from objectives.objective import Objective
@@ -80,7 +80,7 @@ class _BestWeights:
 def validation_run(objective: Objective, params: TrainingParams, seed: int) -> EvalPoint:
     """The configuration trained on train with another seed; its best validation point."""
     model = objective.new_model(params, seed)
-    progress = _Progress(f"seed {seed} on train", len(objective.train))
+    progress = _Progress(f"seed {seed} on train", units_per_epoch(objective.train))
     try:
         result = objective.train_model(model, params, seed, validation=objective.validation, hooks=Hooks(on_batch=progress))
     finally:
@@ -102,15 +102,16 @@ def retrain(objective: Objective, params: TrainingParams, seed: int, *, on: str,
     try:
         if on == "train+validation":
             train = type(objective.train).concat(objective.train, objective.validation)  # text or image batches
-            limit = min(max(1, round(epochs * len(train))), len(train) * params.epochs)
-            progress = _Progress(f"seed {seed} on train+validation", len(train))
+            per_epoch = units_per_epoch(train)
+            limit = min(max(1, round(epochs * per_epoch)), per_epoch * params.epochs)
+            progress = _Progress(f"seed {seed} on train+validation", per_epoch)
             result = objective.train_model(model, params, seed, train=train, max_examples=limit, hooks=Hooks(on_batch=progress))
             kept = None
         else:
             train = objective.train
             evaluation = objective.eval_config()
             keeper = _BestWeights(model, evaluation.metric, evaluation.maximize)
-            progress = _Progress(f"seed {seed} on train", len(train))
+            progress = _Progress(f"seed {seed} on train", units_per_epoch(train))
             result = objective.train_model(
                 model, params, seed, validation=objective.validation, hooks=Hooks(on_eval=keeper, on_batch=progress)
             )
@@ -131,6 +132,6 @@ def retrain(objective: Objective, params: TrainingParams, seed: int, *, on: str,
         validation=kept,
         train_examples=len(train),
         examples_seen=seen,
-        epochs=round(seen / len(train), 4),
+        epochs=round(seen / units_per_epoch(train), 4),
         seconds=round(time.perf_counter() - start, 2),
     )

@@ -18,8 +18,9 @@ from objectives.heads import Head
 class Batches(Protocol):
     """A split ready to train on: ``lengths`` for grouping, ``labels`` for metrics, batches by index."""
 
-    lengths: Any
+    lengths: Any  # tokens per row, for grouping by length
     labels: Any
+    units: Any  # budget units per row (1 per example; completion tokens for language models)
 
     def __len__(self) -> int: ...
 
@@ -29,11 +30,23 @@ class Batches(Protocol):
 class Inputs(Protocol):
     """How raw rows become model inputs, and which model class reads them."""
 
+    unit: str  # what the budget counts: "examples", or "tokens" (completion tokens, language models)
+
     def auto_model(self) -> Any: ...  # a transformers Auto class, e.g. AutoModelForSequenceClassification
 
     def preprocessor(self, path: str) -> Any: ...  # tokenizer or image processor, saved beside the model
 
+    def splits(self, data: DataSpec, seed: int, numeric_labels: bool) -> Any: ...  # objectives.data.Splits
+
+    def test_split(self, data: DataSpec, label_names: list[str], numeric_labels: bool, train_keys: set) -> Any: ...
+
+    def test_leaks(self, data: DataSpec, train_keys: set) -> dict[str, Any]: ...  # for hpo validate
+
+    def annotate(self, report, split: str, dataset, preprocessor, data: DataSpec) -> None: ...  # data report extras
+
     def batches(self, dataset, preprocessor, data: DataSpec, *, training: bool) -> Batches: ...
+
+    def check(self, model, batches: Batches) -> None: ...  # what only the loaded model can tell; ObjectiveError
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hpo.spec import DataSpec
+from objectives.data import count_test_leaks, load_splits, load_test
 from objectives.batching import Batcher
 from objectives.tokens import tokenize
 
 
 @dataclass(frozen=True)
 class TextInputs:
+    unit: str = "examples"  # the budget: examples seen
+
     def auto_model(self):
         from transformers import AutoModelForSequenceClassification
 
@@ -24,6 +27,21 @@ class TextInputs:
             # Decoder-only models (GPT-2, Llama) have no pad token; padding positions are masked anyway.
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer
+
+    def splits(self, data: DataSpec, seed: int, numeric_labels: bool):
+        return load_splits(data, seed, numeric_labels=numeric_labels)
+
+    def test_split(self, data: DataSpec, label_names, numeric_labels: bool, train_keys):
+        return load_test(data, label_names, numeric_labels=numeric_labels, train_keys=train_keys)
+
+    def test_leaks(self, data: DataSpec, train_keys: set):
+        return count_test_leaks(data, train_keys)
+
+    def annotate(self, report, split: str, dataset, preprocessor, data: DataSpec) -> None:
+        """Nothing to add: the report has the labels."""
+
+    def check(self, model, batches) -> None:
+        """Nothing depends on the model here."""
 
     def batches(self, dataset, preprocessor, data: DataSpec, *, training: bool) -> Batcher:
         tokenized = tokenize(dataset, preprocessor, data.text_columns, data.max_length)

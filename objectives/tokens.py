@@ -31,25 +31,34 @@ def _tokenizer_fingerprint(tokenizer) -> str:
 
 
 def cache_key(dataset, tokenizer, text_columns: tuple[str, ...], max_length: int) -> str:
-    parts = [dataset._fingerprint, _tokenizer_fingerprint(tokenizer), list(text_columns), max_length, "v1"]
+    return _key(dataset, tokenizer, [list(text_columns), max_length, "v1"])
+
+
+def _key(dataset, tokenizer, parts: list) -> str:
+    parts = [dataset._fingerprint, _tokenizer_fingerprint(tokenizer), *parts]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:24]
 
 
 def tokenize(dataset, tokenizer, text_columns: tuple[str, ...], max_length: int):
     """The dataset as model inputs plus ``labels``, unpadded (padding happens per batch)."""
-    import datasets
-
-    path = cache_root() / cache_key(dataset, tokenizer, text_columns, max_length)
-    if path.is_dir():
-        return datasets.load_from_disk(str(path))
 
     def encode(batch):
         texts = [batch[c] for c in text_columns]
         encoded = tokenizer(*texts, truncation=True, max_length=max_length)
         return {k: v for k, v in encoded.items() if k in MODEL_INPUTS}
 
+    return cached_map(dataset, cache_key(dataset, tokenizer, text_columns, max_length), encode, keep=("labels",))
+
+
+def cached_map(dataset, key: str, encode, keep: tuple[str, ...] = (), batched: bool = True):
+    """``dataset.map(encode)`` once per key on this machine, shared through the disk."""
+    import datasets
+
+    path = cache_root() / key
+    if path.is_dir():
+        return datasets.load_from_disk(str(path))
     tokenized = dataset.map(
-        encode, batched=True, remove_columns=[c for c in dataset.column_names if c != "labels"], desc=None
+        encode, batched=batched, remove_columns=[c for c in dataset.column_names if c not in keep], desc=None
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write beside the final place and rename: concurrent workers never read a half-written entry.

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from hpo.params import TrainingParams
+from objectives import compat
 from objectives.batching import batch_order
 from objectives.config import EvalConfig, Hooks, TrainConfig
 from objectives.heads import Head
@@ -29,7 +30,7 @@ from objectives.runtime import Runtime
 
 @dataclass(frozen=True)
 class EvalPoint:
-    examples: int  # nominal examples seen: the step reported to the pruner
+    examples: int  # nominal budget units seen (examples, or tokens): the step reported to the pruner
     epoch: float
     metrics: dict[str, float]
     last: bool = False  # no scheduled point follows: the training is done
@@ -88,40 +89,53 @@ def evaluate(model, batches, head: Head, runtime: Runtime, config: EvalConfig) -
     so that trials searching label smoothing or class weights are compared on the same scale."""
     model.eval()
     order = np.argsort(batches.lengths)  # similar lengths together: less padding
-    predictions = np.empty(len(batches), dtype=head.prediction_dtype)
-    loss_sum = 0.0
+    evaluator = head.evaluator(batches.labels, config.num_labels)
     for start in range(0, len(order), config.batch_size):
         indices = order[start : start + config.batch_size]
         batch = batches.batch(indices, runtime.device)
         labels = batch.pop("labels")
         with _autocast(runtime):
             logits = model(**batch).logits
-        loss_sum += float(head.loss(logits, labels)) * len(indices)
-        predictions[indices] = head.predict(logits).cpu().numpy()
-    metrics = head.metrics(batches.labels, predictions, config.num_labels)
-    metrics["loss"] = loss_sum / max(len(batches), 1)
+        evaluator.add(indices, logits, labels)
+    metrics = evaluator.metrics()
+    with _autocast(runtime):
+        metrics.update(head.extra_metrics(model, batches, runtime.device, config.batch_size))
     model.train()
     return metrics
 
 
+def units_per_epoch(batches) -> int:
+    """An epoch in the task's budget unit: examples, or (language models) completion tokens."""
+    return int(batches.units.sum())
+
+
 @dataclass
 class _Schedule:
-    """How long a run is, in examples and optimizer steps, and where it is evaluated."""
+    """How long a run is, in budget units and optimizer steps, and where it is evaluated.
 
-    total_examples: int
+    The budget unit is what trials are compared by: examples for classifiers,
+    completion tokens for language models, whose examples differ in length.
+    Optimizer steps count batches of rows, so the learning-rate schedule is
+    planned from the share of rows the unit budget covers.
+    """
+
+    per_epoch: int
+    total: int
     total_steps: int
     steps_per_epoch: int
     targets: list[int]
 
     @classmethod
-    def of(cls, n_train: int, config: TrainConfig, evaluated: bool) -> "_Schedule":
+    def of(cls, train, config: TrainConfig, evaluated: bool) -> "_Schedule":
         params = config.params
-        total = n_train * params.epochs
+        per_epoch = units_per_epoch(train)
+        total = per_epoch * params.epochs
         if config.max_examples is not None:
             total = min(total, config.max_examples)
-        steps = max(1, math.ceil(total / (params.batch_size * params.gradient_accumulation_steps)))
-        targets = [t for t in eval_targets(n_train, params.epochs, config.points_per_epoch) if t <= total] if evaluated else []
-        return cls(total, steps, math.ceil(n_train / params.batch_size), targets)
+        rows = -(-total * len(train) // max(per_epoch, 1))  # integer ceil: rows == total when a row is a unit
+        steps = max(1, math.ceil(rows / (params.batch_size * params.gradient_accumulation_steps)))
+        targets = [t for t in eval_targets(per_epoch, params.epochs, config.points_per_epoch) if t <= total] if evaluated else []
+        return cls(per_epoch, total, steps, math.ceil(len(train) / params.batch_size), targets)
 
 
 def fine_tune(
@@ -151,8 +165,8 @@ def fine_tune(
 
     params, runtime = config.params, config.runtime
     set_seed(config.seed)
-    model.to(runtime.device).train()
-    schedule = _Schedule.of(len(train), config, validation is not None)
+    compat.to_device(model, runtime.device).train()
+    schedule = _Schedule.of(train, config, validation is not None)
     weights = torch.as_tensor(config.class_weights, dtype=torch.float32, device=runtime.device) if config.class_weights else None
     optimizer = _optimizer(model, params, runtime.device)
     scheduler = get_scheduler(
@@ -176,9 +190,9 @@ def fine_tune(
                 logits = model(**batch).logits
             loss = head.loss(logits, labels, weights, params.label_smoothing)
             (loss / accumulate).backward()
-            seen += len(indices)
+            seen += int(train.units[indices].sum())
             micro += 1
-            if micro == accumulate or seen >= schedule.total_examples:
+            if micro == accumulate or seen >= schedule.total:
                 torch.nn.utils.clip_grad_norm_(trainable, params.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
@@ -186,15 +200,15 @@ def fine_tune(
                 micro = 0
             losses.append(loss.detach())
             if hooks.on_batch:
-                hooks.on_batch(seen, schedule.total_examples)
+                hooks.on_batch(seen, schedule.total)
             while schedule.targets and seen >= schedule.targets[0] and not result.stopped_early:
                 result.train_seconds += time.perf_counter() - train_start
                 result.examples_seen = seen
-                scorer.score(model, schedule.targets.pop(0), len(train), result, last=not schedule.targets)
+                scorer.score(model, schedule.targets.pop(0), schedule.per_epoch, result, last=not schedule.targets)
                 train_start = time.perf_counter()
-            if seen >= schedule.total_examples or result.stopped_early:
+            if seen >= schedule.total or result.stopped_early:
                 break
-        if seen >= schedule.total_examples or result.stopped_early:
+        if seen >= schedule.total or result.stopped_early:
             break
     result.train_seconds += time.perf_counter() - train_start
     result.examples_seen = seen
@@ -214,11 +228,11 @@ class _Scorer:
     patience: int | None = None
     stalled: int = 0  # evaluation points since the last new best
 
-    def score(self, model, target: int, n_train: int, result: TrainResult, last: bool = False) -> None:
+    def score(self, model, target: int, per_epoch: int, result: TrainResult, last: bool = False) -> None:
         start = time.perf_counter()
         metrics = evaluate(model, self.validation, self.head, self.runtime, self.config)
         result.eval_seconds += time.perf_counter() - start
-        point = EvalPoint(examples=target, epoch=round(target / n_train, 4), metrics=metrics, last=last)
+        point = EvalPoint(examples=target, epoch=round(target / per_epoch, 4), metrics=metrics, last=last)
         result.points.append(point)
         if result.best is None or self._better(metrics[self.config.metric], result.best.metrics[self.config.metric]):
             result.best = point

@@ -20,7 +20,7 @@ from objectives.training import TrainResult
 
 
 def record_trial(trial: optuna.Trial, result: TrainResult, model, runtime: Runtime, wall: float,
-                 adapter: dict[str, Any] | None) -> None:
+                 adapter: dict[str, Any] | None, unit: str = "examples") -> None:
     trainable, total = freezing.count_parameters(model)
     best = result.best
     TrialRecord(
@@ -45,6 +45,7 @@ def record_trial(trial: optuna.Trial, result: TrainResult, model, runtime: Runti
                **{name: [round(p.metrics[name], 5) for p in result.points] for name in result.points[0].metrics}}
         if result.points else None,
         adapter=AdapterFacts(**adapter) if adapter else None,
+        budget_unit=unit,
     ).write(trial)
 
 

@@ -208,3 +208,69 @@ def tiny_llama(tmp_path_factory, tiny_model) -> Path:
     torch.manual_seed(0)
     LlamaModel(config).save_pretrained(folder)
     return folder
+
+
+DECODER_WORDS = ["system", "user", "assistant", ":", "sentiment", ".", "yes", "no"]
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} [SEP] {% endfor %}"
+                 "{% if add_generation_prompt %}assistant : {% endif %}")
+
+
+def sentiment_prompt(text: str, label: str) -> dict:
+    return {"prompt": f"{text} . sentiment :", "completion": "yes" if label == "pos" else "no"}
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder(tmp_path_factory) -> Path:
+    """A 2-layer Llama-style causal LM (hidden 32) pre-trained for a few dozen steps on review-like
+    sentences ending in their sentiment, with a word-level tokenizer that has eos and a chat template."""
+    import torch
+    from transformers import BertTokenizerFast, LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-decoder")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER, *DECODER_WORDS]
+    tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)}, bos_token="[CLS]", eos_token="[SEP]")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+                         tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    rows = [sentiment_prompt(text, label) for text, label in make_sentences(400, 99)]
+    encoded = tokenizer([f"{r['prompt']} {r['completion']}" for r in rows], padding=True, return_tensors="pt")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        batch = torch.randint(0, len(rows), (32,), generator=generator)
+        ids, mask = encoded["input_ids"][batch], encoded["attention_mask"][batch]
+        model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def lm_data(tmp_path_factory) -> dict[str, Path]:
+    """Prompt/completion JSON lines: a review, then its sentiment as the completion."""
+    folder = tmp_path_factory.mktemp("lm-data")
+    return {split: write_jsonl(folder / f"{split}.jsonl", [sentiment_prompt(t, l) for t, l in make_sentences(n, seed)])
+            for split, n, seed in (("train", 160, 1), ("validation", 48, 2), ("test", 48, 3))}
+
+
+def lm_study(model_dir: Path, files: dict[str, Path], **overrides) -> dict:
+    """A small causal-lm study on the tiny decoder, in fp32 (exact comparisons)."""
+    study = study_dict(model_dir, files, task="causal-lm", runtime={"num_threads": 1, "precision": "fp32"})
+    study["data"] = {"source": "json", "train": str(files["train"]), "validation": str(files["validation"]),
+                     "test": str(files["test"]), "format": "prompt-completion", "max_length": 32}
+    study["search_space"] = {"learning_rate": {"low": 3.0e-3, "high": 1.0e-2, "log": True}, "batch_size": {"choices": [4, 8]},
+                             "epochs": 1, "freeze_depth": 0}
+    study.update(overrides)
+    return study

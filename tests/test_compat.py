@@ -62,3 +62,19 @@ def test_transformers_models_initialise_a_head_with_init_weights(base):
     torch.nn.init.constant_(head.weight, 5.0)
     compat.init_module(base, head)
     assert not torch.all(head.weight == 5.0) and torch.all(head.bias == 0)
+
+
+def test_transformers_keeps_packed_examples_apart_given_restarting_positions_and_no_cache():
+    """What packing relies on (objectives.lm_inputs): two examples in one row score as they do alone."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0)
+    model = LlamaForCausalLM(config).eval()
+    first, second = torch.randint(1, 50, (1, 7)), torch.randint(1, 50, (1, 5))
+    positions = torch.cat([torch.arange(7), torch.arange(5)]).unsqueeze(0)
+    with torch.no_grad():
+        alone = model(input_ids=second).logits
+        packed = model(input_ids=torch.cat([first, second], 1), position_ids=positions, **compat.PACKED_FORWARD).logits
+    torch.testing.assert_close(packed[0, 7:], alone[0], rtol=1e-5, atol=1e-5)

@@ -35,6 +35,18 @@ def _condition(name: str) -> str:
     return f" (only when {parent} is {value})"
 
 
+def _columns(spec: StudySpec) -> str:
+    data = spec.data
+    if data.format == "messages":
+        return f"chat {data.messages_column} (tokenizer's chat template); packing {'on' if data.packing else 'off'}"
+    if data.format == "prompt-completion":
+        return (f"prompt {data.prompt_column}, completion {data.completion_column}; packing {'on' if data.packing else 'off'}; "
+                f"too long: {'drop' if data.truncation == 'drop' else 'cut the prompt'}")
+    if data.image_column:
+        return f"image {data.image_column}; label {data.label_column}"
+    return f"text {', '.join(data.text_columns)}; label {data.label_column}"
+
+
 def summary(spec: StudySpec) -> str:
     data = spec.data
     where = f"{data.path}{'/' + data.name if data.name else ''}" if data.source == "hub" else data.source
@@ -43,7 +55,7 @@ def summary(spec: StudySpec) -> str:
         f"storage   {storage.mask_url(spec.storage)}",
         f"budget    {spec.n_trials} finished trials" + (f", timeout {spec.timeout:g}s" if spec.timeout else ""),
         f"model     {spec.model}  ({spec.task})",
-        f"data      {where}; text {', '.join(data.text_columns)}; label {data.label_column}; max_length {data.max_length}",
+        f"data      {where}; {_columns(spec)}; max_length {data.max_length}",
         f"metric    {spec.metric} ({spec.direction})",
         f"sampler   {spec.sampler.type} {common.format_params(spec.sampler.options)}".rstrip(),
         f"pruner    {spec.pruner.type} {common.format_params(spec.pruner.options)}".rstrip(),
