@@ -56,7 +56,8 @@ def check_freeze_depth(spec: StudySpec, depth: int | None) -> None:
 
 def check(spec: StudySpec, task: Task) -> dict[str, Any]:
     """Cheap checks for ``hpo validate``: depth and adapter sizes from the model's config, local data read and checked."""
-    check_freeze_depth(spec, model_depth(spec.model, task))
+    depth = model_depth(spec.model, task)  # None: the model's config is not on this machine
+    check_freeze_depth(spec, depth)
     facts: dict[str, Any] = {}
     if spec.adapter.type == "lora":
         facts["adapter_table"] = adapter_report.table(spec, task)
@@ -65,7 +66,7 @@ def check(spec: StudySpec, task: Task) -> dict[str, Any]:
     splits = task.inputs.splits(spec.data, spec.seed, task.head.numeric_labels)
     if spec.class_weights is not None:
         class_weights(spec.class_weights, splits.train["labels"], splits.label_names)
-    if model_depth(spec.model, task) is not None:  # the tokenizer is on this machine: token lengths too
+    if depth is not None:  # the tokenizer is on this machine too: token lengths
         preprocessor = task.inputs.preprocessor(resolve(spec.model))
         for name, dataset in (("train", splits.train), ("validation", splits.validation)):
             task.inputs.annotate(splits.report, name, dataset, preprocessor, spec.data)
@@ -87,18 +88,12 @@ class Objective:
         self.train_keys = splits.train_keys  # only to drop test rows seen in training, at retrain
         self.class_weights = None if spec.class_weights is None else class_weights(
             spec.class_weights, splits.train["labels"], splits.label_names)
-        options = LoadOptions(gradient_checkpointing=spec.runtime.gradient_checkpointing, quantize=spec.adapter.quantize)
-        self.pretrained = load_pretrained(spec.model, task, splits.label_names, options)
+        self.pretrained = self._load_model(splits.label_names)
         for name, dataset in (("train", splits.train), ("validation", splits.validation)):
             task.inputs.annotate(splits.report, name, dataset, self.pretrained.tokenizer, spec.data)
         self.data_report = splits.report.as_dict()
         for warning in self.data_report["warnings"]:
             log.warning("data: %s", warning)
-        self.depth = freezing.depth(self.pretrained.model)
-        check_freeze_depth(spec, self.depth)
-        self.models = adapters.build(spec.adapter.type, self.pretrained)
-        if spec.adapter.type == "lora":
-            adapter_report.check_targets(spec, self.pretrained.model)  # a target a trial would fail on: now
         self.train = self._batches(splits.train, training=True)
         self.validation = self._batches(splits.validation, training=False)
         task.inputs.check(self.pretrained.model, self.validation)  # e.g. packing scores as unpacked rows would
@@ -107,6 +102,18 @@ class Objective:
         # leaves the collector's reach: the gc.collect after each trial then
         # scans only what the trial made (0.6 s per trial -> under 1 ms).
         gc.freeze()
+
+    def _load_model(self, label_names: list[str]):
+        """The pretrained model, once per worker, and how trials get theirs from it (a copy or an adapter)."""
+        spec = self.spec
+        options = LoadOptions(gradient_checkpointing=spec.runtime.gradient_checkpointing, quantize=spec.adapter.quantize)
+        pretrained = load_pretrained(spec.model, self.task, label_names, options)
+        self.depth = freezing.depth(pretrained.model)
+        check_freeze_depth(spec, self.depth)
+        self.models = adapters.build(spec.adapter.type, pretrained)
+        if spec.adapter.type == "lora":
+            adapter_report.check_targets(spec, pretrained.model)  # a target a trial would fail on: now
+        return pretrained
 
     def _batches(self, dataset, *, training: bool) -> Batches:
         return self.task.inputs.batches(dataset, self.pretrained.tokenizer, self.spec.data, training=training)
@@ -117,8 +124,8 @@ class Objective:
         return StudyFacts(
             label_names=self.label_names,
             label2id={name: i for i, name in enumerate(self.label_names)},
-            train_examples=len(self.train),
-            validation_examples=len(self.validation),
+            train_examples=self.data_report["splits"]["train"]["used"],  # examples, also where rows are packed
+            validation_examples=self.data_report["splits"]["validation"]["used"],
             rows_dropped=self.dropped,
             data_report=self.data_report,
             class_weights=self.class_weights,
