@@ -207,7 +207,8 @@ def _orphan(spec) -> None:
         conn.execute(text("UPDATE trial_heartbeats SET heartbeat = :t WHERE trial_id = :id"), {"t": datetime(2000, 1, 1), "id": tid})
 
 
-DEAD_WORKER_CASES = [(step, when, "sqlite") for step in ("requeue", "pop", "pop-beat") for when in ("before", "after")] + [
+DEAD_WORKER_STEPS = ("stale-check", "stale-fail", "requeue", "pop", "pop-beat")
+DEAD_WORKER_CASES = [(step, when, "sqlite") for step in DEAD_WORKER_STEPS for when in ("before", "after")] + [
     ("pop", when, "postgresql") for when in ("before", "after")  # taking a retry is part of the claim, under the lock
 ]
 
@@ -217,6 +218,8 @@ def test_a_dead_workers_trial_is_retried_once_through_faults(tmp_path, request, 
     spec = _spec(_sqlite(tmp_path) if backend == "sqlite" else request.getfixturevalue("postgres_url"))
     _orphan(spec)
     fault = {
+        "stale-check": Fault("_get_stale_trial_ids", when),
+        "stale-fail": Fault("set_trial_state_values", when, match=_state_is(TrialState.FAIL)),
         "requeue": Fault("_create_new_trial", when, match=_template_state(TrialState.WAITING)),
         "pop": Fault("set_trial_state_values", when, match=_state_is(TrialState.RUNNING)),
         "pop-beat": Fault("record_heartbeat", when, nth=1),
