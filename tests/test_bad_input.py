@@ -139,3 +139,26 @@ def test_debug_shows_traceback(make_study, tmp_path):
     result = hpo("--debug", "launch", str(path), cwd=tmp_path)
     assert result.returncode != 0
     assert "Traceback" in result.stderr
+
+
+def test_duplicate_keys_are_refused_with_path_and_line(make_study, tmp_path):
+    path = make_study(name="twice")
+    text = path.read_text().replace("search_space:\n", "search_space:\n  epochs: 3\n", 1)
+    path.write_text(text + "n_trials: 4\n")
+    lines = path.read_text().splitlines()
+    first, again = [i + 1 for i, line in enumerate(lines) if line.startswith("n_trials:")]
+    _launch_writes_nothing(path, tmp_path, "search_space.epochs: duplicate key at line",
+                           f"n_trials: duplicate key at line {again} (first at line {first})")
+
+
+def test_study_file_not_utf8_names_file_and_encoding(make_study, tmp_path):
+    path = make_study()
+    path.write_bytes(path.read_bytes().replace(b"name: ", b"name: caf\xe9-", 1))
+    _launch_writes_nothing(path, tmp_path, str(path), "is not UTF-8 text (byte 0xe9 on line 1")
+
+
+def test_latin1_csv_names_the_file_and_encoding(make_study, tmp_path, tiny_data):
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(tiny_data["train"].read_bytes().replace(b"\n", "\ncaf\xe9 good tea,pos\n".encode("latin-1"), 3))
+    path = make_study(data={"source": "csv", "train": str(latin), "validation": str(tiny_data["validation"])})
+    _launch_writes_nothing(path, tmp_path, f"data.train: {latin} is not UTF-8 text (byte 0xe9 on line 2")
