@@ -162,3 +162,21 @@ def test_latin1_csv_names_the_file_and_encoding(make_study, tmp_path, tiny_data)
     latin.write_bytes(tiny_data["train"].read_bytes().replace(b"\n", "\ncaf\xe9 good tea,pos\n".encode("latin-1"), 3))
     path = make_study(data={"source": "csv", "train": str(latin), "validation": str(tiny_data["validation"])})
     _launch_writes_nothing(path, tmp_path, f"data.train: {latin} is not UTF-8 text (byte 0xe9 on line 2")
+
+
+@pytest.mark.parametrize("flags, visible, fragment", [
+    (["--gpus", "5"], "", "--gpus 5: no GPU is visible on this host"),
+    (["--gpus", "5"], "0", "GPU 5 not visible (visible: 0)"),
+    (["--gpus", "abc"], "0", "--gpus abc: no GPU abc on this host"),
+    (["--workers", "0"], None, "--workers 0: must be at least 1"),
+    (["--workers", "-1"], None, "--workers -1: must be at least 1"),
+])
+def test_launch_flags_that_cannot_be_honoured(make_study, tmp_path, flags, visible, fragment):
+    env = {} if visible is None else {"CUDA_VISIBLE_DEVICES": visible}
+    result = hpo("launch", str(make_study()), *flags, cwd=tmp_path, env=env)
+    _assert_user_error(result, fragment)
+    assert "starting" not in result.stdout and not (tmp_path / "hpo.db").exists()
+
+
+def test_status_top_must_be_positive(make_study, tmp_path):
+    _assert_user_error(hpo("status", str(make_study()), "--top", "-1", cwd=tmp_path), "--top -1: must be at least 1")

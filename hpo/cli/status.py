@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 from hpo import retrain, storage
 from hpo.cli import common
-from hpo.errors import StorageError
+from hpo.errors import StorageError, UserError
 from hpo.runner import Counts, ranked
 from hpo.spec import StudySpec
 
@@ -72,5 +72,7 @@ def study_report(spec: StudySpec, top: int = 5) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        raise UserError(f"--top {args.top}: must be at least 1")
     print(study_report(common.load(args), top=args.top))
     return 0
