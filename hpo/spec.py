@@ -9,6 +9,7 @@ user who gives up.
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -60,7 +61,9 @@ FILE_SOURCES = ("csv", "json", "parquet", "imagefolder")
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: YAML's `yes` is a boolean and "2" a string; neither becomes a number
+    # (pydantic would read `n_trials: true` as 1). Integers still pass where a float is expected.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr]
@@ -192,7 +195,7 @@ class DataSpec(Strict):
 class SamplerSpec(BaseModel):
     """Which Optuna sampler; keys other than ``type`` go to its constructor."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
     type: Literal["tpe", "random", "grid", "gp", "cmaes"] = "tpe"
 
     @property
@@ -207,7 +210,7 @@ class PrunerSpec(BaseModel):
     ``min_resource`` are counted in examples, not optimizer steps.
     """
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
     type: Literal["median", "percentile", "successive_halving", "hyperband", "none"] = "median"
     # The validation metric trials report and the pruner judges; default: the
     # study's metric. `loss` moves from the first steps, while accuracy on small
@@ -285,7 +288,7 @@ class HeartbeatSpec(Strict):
 
 
 class StudySpec(Strict):
-    name: str = Field(min_length=1, max_length=500)
+    name: str = Field(min_length=1, max_length=200)  # also a folder name (retrained/<name>/model)
     storage: str = DEFAULT_STORAGE
     n_trials: int = Field(ge=1)  # global budget: finished trials across all launches and workers
     timeout: float | None = Field(None, gt=0)  # seconds, per launch
@@ -305,6 +308,20 @@ class StudySpec(Strict):
     runtime: RuntimeSpec = RuntimeSpec()
     heartbeat: HeartbeatSpec = HeartbeatSpec()
     search_space: dict[str, Dimension]
+
+    @field_validator("name", "model")
+    @classmethod
+    def _one_clean_line(cls, value: str, info: Any) -> str:
+        """A name is shown in tables and becomes a folder: one line, no blank, no path."""
+        if not value.strip():
+            raise ValueError("must not be blank")
+        if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in value):
+            raise ValueError("must be one line without control characters")
+        if value != value.strip():
+            raise ValueError("must not start or end with spaces")
+        if info.field_name == "name" and ("/" in value or "\\" in value or value in (".", "..")):
+            raise ValueError("must not contain / or \\ (it names a folder)")
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -405,19 +422,79 @@ _FRIENDLY = {
 }
 
 
-def _format(error: dict[str, Any]) -> str:
+_EXPECTED = {
+    "int_type": "an integer", "float_type": "a number", "bool_type": "true or false", "string_type": "a string",
+    "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
+}
+
+
+def _got(value: Any) -> str:
+    """What the user wrote, as YAML read it, with the likely slip named."""
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (YAML reads yes, no, on, off, true and false as booleans)"
+    if isinstance(value, str):
+        try:
+            float(value)
+            return f"the string {value!r} (remove the quotes)"
+        except ValueError:
+            return f"the string {value!r}"
+    if isinstance(value, (dict, list)):
+        return "a mapping" if isinstance(value, dict) else "a list"
+    return repr(value)
+
+
+def _path(parts: Any, raw: Any = None) -> list[str]:
+    """The YAML path of an error's location, without pydantic's union member names ("int", "list[str]").
+
+    A part is a key of the document only where the document has it; the rest name union members.
+    """
+    loc: list[str] = []
+    node = raw
+    for part in parts:
+        if isinstance(part, int) and isinstance(node, list) and loc:
+            loc[-1] += f"[{part}]"
+            node = node[part] if part < len(node) else None
+        elif isinstance(node, dict) and part in node:
+            loc.append(str(part))
+            node = node[part]
+        elif raw is None and not str(part).startswith("<"):
+            loc.append(str(part))
+    return loc
+
+
+def _format_all(errors: list[dict[str, Any]], raw: Any) -> list[str]:
+    """One message per problem; a value matching no member of a union says every form it may take."""
+    problems, expected = [], {}
+    for error in errors:
+        loc = error["loc"][: error["loc"].index("<fixed>")] if "<fixed>" in error["loc"] else error["loc"]
+        path = ".".join(_path(loc, raw))
+        if error["type"] in _EXPECTED and "<fixed>" not in error["loc"]:
+            forms, _ = expected.setdefault(path, ([], error.get("input")))
+            forms.append(_EXPECTED[error["type"]])
+        else:
+            problems.append(_format(error, path))
+    for path, (forms, value) in expected.items():
+        forms = list(dict.fromkeys(forms))
+        if "a number" in forms and "an integer" in forms:
+            forms.remove("an integer")
+        if len(forms) > 1:
+            forms = ["a boolean" if form == "true or false" else form for form in forms]
+            forms = [", ".join(forms[:-1]), forms[-1]]
+        problems.append(f"{path or '(top level)'}: must be {' or '.join(forms)}, got {_got(value)}")
+    return problems
+
+
+def _format(error: dict[str, Any], path: str) -> str:
     if "<fixed>" in error["loc"]:
-        loc = ".".join(str(p) for p in error["loc"][: error["loc"].index("<fixed>")])
-        return f"{loc}: must be a value, {{low: .., high: ..}} or {{choices: [..]}}"
-    loc = [str(part) for part in error["loc"] if not str(part).startswith("<")]
+        return f"{path}: must be a value, {{low: .., high: ..}} or {{choices: [..]}}"
     ctx = error.get("ctx") or {}
     if "field" in ctx:
-        loc.append(ctx["field"])
-    path = ".".join(loc) or "(top level)"
+        path = f"{path}.{ctx['field']}" if path else ctx["field"]
+    path = path or "(top level)"
     message = _FRIENDLY.get(error["type"], error["msg"])
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
-    if error["type"] == "too_short":
+    if error["type"] in ("too_short", "string_too_short"):
         message = "must not be empty"
     message = message.replace("Input should be greater than or equal to", "must be >=")
     message = message.replace("Input should be greater than", "must be >").replace("Input should be less than", "must be <")
@@ -497,7 +574,7 @@ def parse_spec(raw: Any, source: str = "<study>", base: Path | None = None) -> S
     try:
         StudySpec.model_validate(raw)
     except ValidationError as exc:
-        problems.extend(_format(e) for e in exc.errors())
+        problems.extend(_format_all(exc.errors(), raw))
     problems.extend(_knob_problems(raw.get("search_space")))
     problems.extend(_file_problems(raw, base))
     if problems:

@@ -180,3 +180,17 @@ def test_launch_flags_that_cannot_be_honoured(make_study, tmp_path, flags, visib
 
 def test_status_top_must_be_positive(make_study, tmp_path):
     _assert_user_error(hpo("status", str(make_study()), "--top", "-1", cwd=tmp_path), "--top -1: must be at least 1")
+
+
+def test_strict_types_and_names(make_study, tmp_path):
+    path = make_study(n_trials=True, seed="2", data={"source": "demo", "max_length": True})
+    path.write_text(path.read_text().replace("name: ", "name: \"two\\nlines\"\nold_name: ", 1))
+    _launch_writes_nothing(
+        path, tmp_path,
+        "n_trials: must be an integer, got true (YAML reads yes, no, on, off, true and false as booleans)",
+        "seed: must be an integer, got the string '2' (remove the quotes)",
+        "data.max_length: must be an integer, got true",
+        "name: must be one line",
+        "old_name: is not a known key",
+    )
+    _launch_writes_nothing(make_study(name="   "), tmp_path, "name: must not be blank")
