@@ -22,6 +22,11 @@ def add_parser(sub) -> None:
     parser.add_argument("--gpus", help="'all' or a list such as 0,2: one worker process per GPU, pinned to it")
     parser.add_argument("--workers", type=int, help="worker processes (per GPU with --gpus; CPU workers without)")
     parser.add_argument("--quiet", action="store_true", help="print only errors and the final summary")
+    parser.add_argument(
+        "--allow-changes", action="store_true",
+        help="resume a study whose file changed metric, data, model, task, seed or search space since it was launched "
+             "(refused by default: the existing trials ran under the old values)",
+    )
     # Internal: set by the parent for each worker process it starts.
     parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     parser.set_defaults(handler=run)
@@ -71,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
     preflight.check_storage(spec)
     if args.quiet and not args.debug:
         logging.getLogger().setLevel(logging.WARNING)
+    if args.worker_index is None:  # the parent checked for its workers
+        changed = preflight.check_resume(spec, args.allow_changes)
+        if changed:
+            logging.getLogger("hpo.launch").info("study file changed since the last launch: %s", "; ".join(changed))
     if args.worker_index is None and (gpus or (args.workers or 1) > 1):
         return _run_several(args, spec, gpus)
     _run_one_worker(args, spec)

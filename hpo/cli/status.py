@@ -9,7 +9,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo import retrain, storage
-from hpo.cli import common
+from hpo.cli import common, preflight
 from hpo.errors import StorageError, UserError
 from hpo.runner import Counts, ranked
 from hpo.spec import StudySpec
@@ -27,6 +27,7 @@ def load_existing(spec: StudySpec) -> optuna.Study:
     storage.check_reachable(spec.storage)
     if storage.existing_direction(spec.storage, spec.name) is None:
         raise StorageError(f"no study named {spec.name!r} in {storage.mask_url(spec.storage)}; run `hpo launch` first")
+    preflight.check_resume(spec, reading=True)
     return optuna.load_study(study_name=spec.name, storage=storage.open_storage(spec.storage))
 
 
