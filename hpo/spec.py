@@ -8,6 +8,7 @@ user who gives up.
 
 from __future__ import annotations
 
+import json
 import os
 import unicodedata
 from pathlib import Path
@@ -57,6 +58,8 @@ REGRESSION_METRICS = ("rmse", "mae", "r2", "spearman", "loss")
 CLASSIFICATION_METRICS = tuple(m for m in METRICS if m not in REGRESSION_METRICS or m == "loss")
 
 DEFAULT_STORAGE = "sqlite:///hpo.db"
+# The resolved spec is stored on the study (and every worker compares it): a few KB is usual.
+MAX_SPEC_BYTES = 65536
 FILE_SOURCES = ("csv", "json", "parquet", "imagefolder")
 
 
@@ -192,6 +195,23 @@ class DataSpec(Strict):
         return {split: path for split, path in splits.items() if path}
 
 
+MAX_OPTIONS_BYTES = 8192  # a sampler's or pruner's options, as stored with the study
+
+
+def _bounded_options(section: Any) -> Any:
+    """Options are stored on the study as JSON: refuse what no constructor needs (an alias bomb stored 483 KB)."""
+    try:
+        size = len(json.dumps(section.model_extra or {}, default=str))
+    except (TypeError, ValueError, RecursionError):
+        raise PydanticCustomError("options", "options must be plain YAML values", {}) from None
+    if size > MAX_OPTIONS_BYTES:
+        raise PydanticCustomError(
+            "options", "its options take {size} bytes; at most {limit} are stored with the study",
+            {"size": f"{size:,}", "limit": f"{MAX_OPTIONS_BYTES:,}"},
+        )
+    return section
+
+
 class SamplerSpec(BaseModel):
     """Which Optuna sampler; keys other than ``type`` go to its constructor."""
 
@@ -201,6 +221,10 @@ class SamplerSpec(BaseModel):
     @property
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _bounded(self):
+        return _bounded_options(self)
 
 
 class PrunerSpec(BaseModel):
@@ -221,6 +245,10 @@ class PrunerSpec(BaseModel):
     @property
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _bounded(self):
+        return _bounded_options(self)
 
 
 class EvaluationSpec(Strict):
@@ -579,7 +607,11 @@ def parse_spec(raw: Any, source: str = "<study>", base: Path | None = None) -> S
     problems.extend(_file_problems(raw, base))
     if problems:
         raise SpecError(source, sorted(dict.fromkeys(problems)))
-    return StudySpec.model_validate(_resolve_paths(raw, base))
+    spec = StudySpec.model_validate(_resolve_paths(raw, base))
+    size = len(spec.model_dump_json())
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(source, [f"takes {size:,} bytes as stored with the study; at most {MAX_SPEC_BYTES:,} are (a few KB is usual)"])
+    return spec
 
 
 def load_spec(path: str | os.PathLike[str], storage: str | None = None) -> StudySpec:

@@ -25,12 +25,36 @@ class _Loader(yaml.SafeLoader):
             node = self.get_single_node()
             if node is None:
                 return None
+            _check_size(node)
             duplicates = list(_duplicates(node, []))
             if duplicates:
                 raise DuplicateKeys(duplicates)
             return self.construct_document(node)
         finally:
             self.dispose()
+
+
+# Values in a study file once aliases are expanded: thousands at most; an alias bomb
+# (aliases of aliases) expands to millions and would be stored with the study.
+MAX_VALUES = 50_000
+
+
+class TooLarge(yaml.YAMLError):
+    pass
+
+
+def _check_size(root: yaml.Node) -> None:
+    """Count values as the document expands (aliases counted each time they are used), stopping early."""
+    count, stack = 0, [root]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise TooLarge(f"holds more than {MAX_VALUES:,} values once YAML aliases are expanded; a study file needs far fewer")
+        if isinstance(node, yaml.MappingNode):
+            stack.extend(value for pair in node.value for value in pair)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
 
 
 class DuplicateKeys(yaml.YAMLError):
@@ -94,6 +118,8 @@ def read_yaml(path: Path) -> Any:
         return _Loader(text).load_checked()  # a SafeLoader: no Python objects
     except DuplicateKeys as exc:
         raise SpecError(str(path), exc.problems) from None
+    except TooLarge as exc:
+        raise SpecError(str(path), [str(exc)]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

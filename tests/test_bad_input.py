@@ -194,3 +194,22 @@ def test_strict_types_and_names(make_study, tmp_path):
         "old_name: is not a known key",
     )
     _launch_writes_nothing(make_study(name="   "), tmp_path, "name: must not be blank")
+
+
+def test_sampler_and_pruner_options_are_checked_against_their_constructors(make_study, tmp_path):
+    path = make_study(sampler={"type": "tpe", "seed": "abc", "constraints_func": "foo"},
+                      pruner={"type": "percentile", "n_startup_trials": 1.5})
+    fragments = ["sampler.seed: must be an integer or null, got \"abc\"", "sampler.constraints_func: takes a Python function",
+                 "pruner.n_startup_trials: must be an integer, got 1.5", "pruner.percentile: is required by PercentilePruner"]
+    _assert_user_error(hpo("validate", str(path), "--offline", cwd=tmp_path), str(path), *fragments)
+    _launch_writes_nothing(path, tmp_path, *fragments)
+
+
+def test_oversized_options_and_alias_bombs_are_refused(make_study, tmp_path):
+    path = make_study(sampler={"type": "cmaes"})
+    items, refs = ", ".join(["xxxxxxxxxx"] * 200), ", ".join(["*a"] * 90)
+    path.write_text(path.read_text().replace("type: cmaes", f"type: cmaes\n  x0: {{a: &a [{items}], b: [{refs}]}}"))
+    _launch_writes_nothing(path, tmp_path, "sampler: its options take", "bytes; at most 8,192 are stored with the study")
+    levels = "".join(f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 7))
+    path.write_text(path.read_text().replace("type: cmaes", "type: cmaes\n  x0:\n    l0: &l0 [x]\n" + levels.replace("  l", "    l")))
+    _launch_writes_nothing(path, tmp_path, "holds more than 50,000 values once YAML aliases are expanded")

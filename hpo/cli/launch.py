@@ -72,7 +72,7 @@ def check_flags(args: argparse.Namespace) -> list[str] | None:
 def run(args: argparse.Namespace) -> int:
     gpus = check_flags(args)
     spec = common.load(args)
-    preflight.check_search_options(spec)
+    preflight.check_search_options(spec, args.study)
     preflight.check_storage(spec)
     if args.quiet and not args.debug:
         logging.getLogger().setLevel(logging.WARNING)

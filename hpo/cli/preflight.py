@@ -16,7 +16,7 @@ from hpo.samplers import check_sampler_options
 from hpo.spec import StudySpec
 
 
-def check_search_options(spec: StudySpec) -> None:
+def check_search_options(spec: StudySpec, source: str = "study file") -> None:
     problems: list[str] = []
     for check in (check_sampler_options, build_pruner):
         try:
@@ -24,7 +24,7 @@ def check_search_options(spec: StudySpec) -> None:
         except SpecError as exc:
             problems.extend(exc.problems)
     if problems:
-        raise SpecError("study file", problems)
+        raise SpecError(source, problems)
 
 
 def check_storage(spec: StudySpec) -> None:

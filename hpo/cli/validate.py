@@ -58,7 +58,7 @@ def summary(spec: StudySpec) -> str:
 
 def run(args: argparse.Namespace) -> int:
     spec = common.load(args)
-    preflight.check_search_options(spec)
+    preflight.check_search_options(spec, args.study)
     storage.parse_url(spec.storage)
     if not args.offline:
         preflight.check_storage(spec)
