@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -577,6 +578,37 @@ def _file_problems(raw: dict[str, Any], base: Path) -> list[str]:
     return problems
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def model_folder(model: Any, base: Path) -> Path | None:
+    """The folder a ``model`` names, relative to the study file like data paths; None for a hub id or demo.
+
+    A path is what starts with ``.``, ``/`` or ``~``, what exists beside the
+    study file, or what no hub id could be; ``org/name`` stays a hub id.
+    """
+    if not isinstance(model, str) or model == "demo" or not model.strip():
+        return None
+    candidate = base / Path(model).expanduser()
+    if model.startswith((".", "/", "~")) or candidate.is_dir() or not _HUB_ID.fullmatch(model):
+        return candidate
+    return None
+
+
+def _model_problems(raw: dict[str, Any], base: Path) -> list[str]:
+    folder = model_folder(raw.get("model"), base)
+    if folder is None:
+        return []
+    where = folder.resolve()
+    if not folder.exists():
+        return [f"model: no such directory: {where} (a hub id is org/name; a folder is relative to the study file)"]
+    if not folder.is_dir():
+        return [f"model: not a directory: {where}"]
+    if not (folder / "config.json").is_file():
+        return [f"model: not a model directory (no config.json): {where}"]
+    return []
+
+
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     """Make data file paths and local model directories independent of the working directory."""
     raw = dict(raw)
@@ -587,9 +619,9 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
             if isinstance(data.get(split), str):
                 data[split] = str((base / data[split]).resolve())
         raw["data"] = data
-    model = raw.get("model")
-    if isinstance(model, str) and model.startswith((".", "/")) and (base / model).is_dir():
-        raw["model"] = str((base / model).resolve())
+    folder = model_folder(raw.get("model"), base)
+    if folder is not None:
+        raw["model"] = str(folder.resolve())
     return raw
 
 
@@ -605,6 +637,7 @@ def parse_spec(raw: Any, source: str = "<study>", base: Path | None = None) -> S
         problems.extend(_format_all(exc.errors(), raw))
     problems.extend(_knob_problems(raw.get("search_space")))
     problems.extend(_file_problems(raw, base))
+    problems.extend(_model_problems(raw, base))
     if problems:
         raise SpecError(source, sorted(dict.fromkeys(problems)))
     spec = StudySpec.model_validate(_resolve_paths(raw, base))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import yaml
 
@@ -213,3 +215,25 @@ def test_oversized_options_and_alias_bombs_are_refused(make_study, tmp_path):
     levels = "".join(f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 7))
     path.write_text(path.read_text().replace("type: cmaes", "type: cmaes\n  x0:\n    l0: &l0 [x]\n" + levels.replace("  l", "    l")))
     _launch_writes_nothing(path, tmp_path, "holds more than 50,000 values once YAML aliases are expanded")
+
+
+@pytest.mark.parametrize("model, fragment", [
+    ("./no-such-model", "model: no such directory: {folder}/no-such-model"),
+    ("empty", "model: not a model directory (no config.json): {folder}/empty"),
+])
+def test_model_folder_that_is_not_a_model(make_study, tmp_path, model, fragment):
+    (tmp_path / "empty").mkdir()
+    path = make_study(model=model)
+    result = hpo("validate", str(path), "--offline", cwd=tmp_path.parent)
+    _assert_user_error(result, fragment.format(folder=tmp_path))
+    _launch_writes_nothing(path, tmp_path, fragment.format(folder=tmp_path))
+
+
+def test_model_folder_is_relative_to_the_study_file(make_study, tmp_path, tiny_model):
+    shutil.copytree(tiny_model, tmp_path / "models" / "tiny")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for model in ("./models/tiny", "models/tiny"):  # beside the study file, even when it reads like org/name
+        result = hpo("validate", str(make_study(model=model)), "--offline", cwd=elsewhere)
+        assert result.returncode == 0, result.stderr
+        assert f"model     {tmp_path}/models/tiny" in result.stdout
