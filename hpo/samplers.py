@@ -55,6 +55,8 @@ def check_sampler_options(spec: StudySpec) -> None:
     grid = _grid(spec) if spec.sampler.type == "grid" else None
     try:
         cls(grid, **spec.sampler.options) if grid is not None else cls(**spec.sampler.options)
+    except ImportError as exc:
+        raise SpecError("study file", [f"sampler.type: {spec.sampler.type} needs a package that is not installed ({exc})"]) from None
     except Exception as exc:  # noqa: BLE001 - whatever the constructor refuses, the user fixes in the file
         raise SpecError("study file", [f"sampler: {cls.__name__} refuses these options: {exc}"]) from None
 

@@ -32,6 +32,7 @@ def test_changes_that_give_trials_another_meaning_are_refused(make_study, tmp_pa
                        "search_space.epochs: {low: 1, high: 2} -> {low: 1, high: 3}",
                        "data.max_length: 32 -> 16", "--allow-changes")
     _assert_user_error(hpo("status", str(path), cwd=tmp_path), "metric: accuracy -> f1", "restore them")
+    _assert_user_error(hpo("validate", str(path), cwd=tmp_path), "metric: accuracy -> f1", "launch with --allow-changes")
 
     _rewrite(path, search_space__batch_size={"choices": [8, 16]})
     impossible = hpo("launch", str(path), "--allow-changes", cwd=tmp_path)

@@ -63,6 +63,6 @@ def check_resume(spec: StudySpec, allow_changes: bool = False, reading: bool = F
     if refused and not allow_changes:
         raise UserError(
             f"study {spec.name!r} was launched with another study file: {'; '.join(refused)}; its trials ran under "
-            "the stored values: restore them, give the study a new name, or pass --allow-changes to resume anyway"
+            "the stored values: restore them, give the study a new name, or launch with --allow-changes to resume anyway"
         )
     return refused + allowed

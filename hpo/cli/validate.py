@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     storage.parse_url(spec.storage)
     if not args.offline:
         preflight.check_storage(spec)
+        changed = preflight.check_resume(spec)  # what launch would refuse, refused here too
     facts = dict(preflight.check_objective(spec))
     report = facts.pop("data_report", None)
     print(summary(spec))
@@ -71,5 +72,7 @@ def run(args: argparse.Namespace) -> int:
         print()
         print(format_report(report))
         print()
+    if not args.offline and changed:
+        print(f"resumes   study {spec.name!r} with changes: {'; '.join(changed)}")
     print(f"{args.study}: valid")
     return 0
