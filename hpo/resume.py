@@ -124,22 +124,42 @@ def optuna_refuses(line_path: str, stored: dict[str, Any], spec: StudySpec) -> b
     return before is not None and after is not None and before != after
 
 
+def _at(document: Any, path: str) -> Any:
+    for key in path.split("."):
+        if not isinstance(document, dict) or key not in document:
+            return _ABSENT
+        document = document[key]
+    return document
+
+
+def _ancestor(path: str, flat: dict[str, Any]) -> str | None:
+    """The shortest prefix of ``path`` that is a leaf on the other side (a section that was null, say)."""
+    parts = path.split(".")
+    return next((".".join(parts[:i]) for i in range(1, len(parts)) if ".".join(parts[:i]) in flat), None)
+
+
 def changes(stored: dict[str, Any], spec: StudySpec) -> tuple[list[str], list[str]]:
     """(refused, allowed) changes between the stored spec and this one, each as 'path: old -> new'.
 
-    A key the stored spec lacks outside the search space was added to hpo after
-    the study was launched: not a change the user made. A dimension added to or
-    removed from the search space is one.
+    A key only one side has, outside the search space, is a difference between
+    hpo versions (a setting added since the study was launched), not a change
+    the user made, unless the other side has a value above it (a section that
+    was null and now is set). A dimension added to or removed from the search
+    space is a change.
     """
-    old = _flatten(stored)
-    new = _flatten(spec.model_dump(mode="json", exclude={"storage"}))
-    refused, allowed = [], []
+    current = spec.model_dump(mode="json", exclude={"storage"})
+    old, new = _flatten(stored), _flatten(current)
+    found: dict[str, tuple[Any, Any]] = {}
     for path in sorted(set(old) | set(new)):
         before, after = old.get(path, _ABSENT), new.get(path, _ABSENT)
-        if before is _ABSENT and not path.startswith("search_space."):
-            continue
-        if _same(path, before, after):
-            continue
-        line = f"{path}: {_show(before)} -> {_show(after)}"
-        (allowed if may_change(path) else refused).append(line)
+        if (before is _ABSENT or after is _ABSENT) and not path.startswith("search_space."):
+            above = _ancestor(path, old if before is _ABSENT else new)
+            if above is None:
+                continue
+            path, before, after = above, _at(stored, above), _at(current, above)
+        if not _same(path, before, after):
+            found[path] = (before, after)
+    refused, allowed = [], []
+    for path, (before, after) in found.items():
+        (allowed if may_change(path) else refused).append(f"{path}: {_show(before)} -> {_show(after)}")
     return refused, allowed
