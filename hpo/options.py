@@ -18,7 +18,6 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-
 _NOT_FROM_YAML = {
     "Callable": "takes a Python function, which a study file cannot give",
     "BaseSampler": "takes an Optuna sampler object, which a study file cannot give",
@@ -33,9 +32,8 @@ def _annotation(parameter: inspect.Parameter) -> Any:
     annotation = parameter.annotation
     if annotation is inspect.Parameter.empty:
         return None
-    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
     for marker, reason in _NOT_FROM_YAML.items():
-        if marker in str(text) or marker in str(annotation):
+        if marker in str(annotation):
             return reason
     if not isinstance(annotation, str):
         return annotation

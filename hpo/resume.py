@@ -36,6 +36,8 @@ MAY_NOT_CHANGE = ("pruner.metric",)
 # Fields holding a file or folder: resolved to absolute paths, which differ between the machines of
 # one fleet (the same checkout in another place); they count as changed when the file name does.
 PATHS = ("data.train", "data.validation", "data.test", "model")
+# The study's identity (a copied study keeps its source's spec), not a setting.
+IGNORED = ("name",)
 _ABSENT = object()
 
 
@@ -150,7 +152,7 @@ def changes(stored: dict[str, Any], spec: StudySpec) -> tuple[list[str], list[st
     current = spec.model_dump(mode="json", exclude={"storage"})
     old, new = _flatten(stored), _flatten(current)
     found: dict[str, tuple[Any, Any]] = {}
-    for path in sorted(set(old) | set(new)):
+    for path in sorted((set(old) | set(new)) - set(IGNORED)):
         before, after = old.get(path, _ABSENT), new.get(path, _ABSENT)
         if (before is _ABSENT or after is _ABSENT) and not path.startswith("search_space."):
             above = _ancestor(path, old if before is _ABSENT else new)

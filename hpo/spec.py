@@ -472,21 +472,22 @@ def _got(value: Any) -> str:
     return repr(value)
 
 
-def _path(parts: Any, raw: Any = None) -> list[str]:
+def _path(parts: Any, raw: Any, missing: bool = False) -> list[str]:
     """The YAML path of an error's location, without pydantic's union member names ("int", "list[str]").
 
-    A part is a key of the document only where the document has it; the rest name union members.
+    A part is a key of the document where the document has it, or the key
+    found missing; the other parts name union members.
     """
     loc: list[str] = []
     node = raw
-    for part in parts:
+    for i, part in enumerate(parts):
         if isinstance(part, int) and isinstance(node, list) and loc:
             loc[-1] += f"[{part}]"
             node = node[part] if part < len(node) else None
         elif isinstance(node, dict) and part in node:
             loc.append(str(part))
             node = node[part]
-        elif raw is None and not str(part).startswith("<"):
+        elif missing and i == len(parts) - 1:
             loc.append(str(part))
     return loc
 
@@ -496,7 +497,7 @@ def _format_all(errors: list[dict[str, Any]], raw: Any) -> list[str]:
     problems, expected = [], {}
     for error in errors:
         loc = error["loc"][: error["loc"].index("<fixed>")] if "<fixed>" in error["loc"] else error["loc"]
-        path = ".".join(_path(loc, raw))
+        path = ".".join(_path(loc, raw, missing=error["type"] == "missing"))
         if error["type"] in _EXPECTED and "<fixed>" not in error["loc"]:
             forms, _ = expected.setdefault(path, ([], error.get("input")))
             forms.append(_EXPECTED[error["type"]])

@@ -26,7 +26,7 @@ class _Loader(yaml.SafeLoader):
             if node is None:
                 return None
             _check_size(node)
-            duplicates = list(_duplicates(node, []))
+            duplicates = list(dict.fromkeys(_duplicates(node, [])))  # once, though an alias repeats it
             if duplicates:
                 raise DuplicateKeys(duplicates)
             return self.construct_document(node)
