@@ -172,6 +172,7 @@ def test_latin1_csv_names_the_file_and_encoding(make_study, tmp_path, tiny_data)
     (["--gpus", "abc"], "0", "--gpus abc: no GPU abc on this host"),
     (["--workers", "0"], None, "--workers 0: must be at least 1"),
     (["--workers", "-1"], None, "--workers -1: must be at least 1"),
+    (["--workers", "two"], None, "argument --workers: invalid int value: 'two'"),  # argparse's, on one line too
 ])
 def test_launch_flags_that_cannot_be_honoured(make_study, tmp_path, flags, visible, fragment):
     env = {} if visible is None else {"CUDA_VISIBLE_DEVICES": visible}
