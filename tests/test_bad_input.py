@@ -234,7 +234,11 @@ def test_model_folder_is_relative_to_the_study_file(make_study, tmp_path, tiny_m
     shutil.copytree(tiny_model, tmp_path / "models" / "tiny")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    for model in ("./models/tiny", "models/tiny"):  # beside the study file, even when it reads like org/name
-        result = hpo("validate", str(make_study(model=model)), "--offline", cwd=elsewhere)
-        assert result.returncode == 0, result.stderr
-        assert f"model     {tmp_path}/models/tiny" in result.stdout
+    from hpo.spec import load_spec
+
+    assert load_spec(make_study(model="./models/tiny")).model == str(tmp_path / "models" / "tiny")
+    assert load_spec(make_study(model="org/name")).model == "org/name"  # a hub id
+    # Beside the study file, even when it reads like org/name, whatever the current directory.
+    result = hpo("validate", str(make_study(model="models/tiny")), "--offline", cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert f"model     {tmp_path}/models/tiny" in result.stdout

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import optuna
+import pytest
 import yaml
 
 from conftest import hpo
 from test_bad_input import _assert_user_error
+
+pytestmark = pytest.mark.slow
 
 
 def _rewrite(path, **changes):

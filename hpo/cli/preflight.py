@@ -43,7 +43,9 @@ def check_resume(spec: StudySpec, allow_changes: bool = False, reading: bool = F
     """Refuse a study file that changed what an existing study's trials mean (see hpo/resume.py).
 
     Returns the changes that go ahead, for the log. ``allow_changes`` lets any
-    change through except those Optuna itself refuses mid-study.
+    change through except those Optuna itself refuses mid-study. ``reading``
+    is for status, export, report, retrain and dashboard, which would rank the
+    trials by the new metric or show them in the new space.
     """
     stored = resume.stored_spec(spec.storage, spec.name)
     if stored is None:
