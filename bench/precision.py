@@ -40,7 +40,7 @@ def main() -> None:
 
     from hpo.params import TrainingParams
     from objectives import build
-    from objectives.training import bf16_is_faster
+    from objectives.runtime import bf16_is_faster
 
     if not bf16_is_faster(torch.device("cpu")):
         raise SystemExit("this CPU has no native bf16 (AVX512-BF16 or AMX): precision auto keeps fp32 here")

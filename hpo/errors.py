@@ -20,3 +20,13 @@ class SpecError(UserError):
 
 class StorageError(UserError):
     """The storage cannot be used (bad URL, unreachable host, conflicting study)."""
+
+
+class FatalTrialError(UserError):
+    """An error inside a trial that every trial would hit (a missing column, an unusable model).
+
+    Objectives raise it, or a subclass (objectives' ``ObjectiveError``), when the
+    fault is in the input rather than in the sampled parameters. The runner
+    records the trial as FAIL with its reason and stops the worker at once (exit
+    code 2) instead of failing the next trials the same way.
+    """

@@ -13,29 +13,30 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import FrozenTrial
 
 from hpo import atomic, modelcard, retrain, storage
 from hpo.errors import UserError
+from hpo.records import RetrainRecord, TrialRecord
 from hpo.spec import StudySpec
 from hpo.yamlio import dump_yaml
 
-ENTRIES = ("best.yaml", "training_args.json", "metrics.json", "README.md", "model")
+ENTRIES = ("best.yaml", "training_args.json", "metrics.json", "README.md", "model", "merged")
 
 
 @dataclass(frozen=True)
 class Winner:
     trial: FrozenTrial
-    record: dict[str, Any] | None  # the retrain record, once the study was retrained
+    record: RetrainRecord | None  # once the study was retrained
 
 
 def find_winner(study: optuna.Study, spec: StudySpec) -> Winner:
     record = retrain.recorded(study)
     if record:
-        number = record["winner"]["trial"]
+        number = record.winner.trial
         trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
         if trial is not None:
             return Winner(trial, record)
@@ -49,8 +50,8 @@ def best_spec(spec: StudySpec, winner: Winner) -> StudySpec:
     """The study with the winner's parameters fixed, as its own one-trial study retrained as it was."""
     settings = spec.retrain.model_copy(update={"top_k": 1})
     if winner.record:
-        plan = winner.record["plan"]
-        settings = settings.model_copy(update={"seeds": list(plan["seeds"]), "train_on": plan["train_on"]})
+        plan = winner.record.plan
+        settings = settings.model_copy(update={"seeds": list(plan.seeds), "train_on": plan.train_on})
     return spec.with_fixed(winner.trial.params).model_copy(
         update={"name": f"{spec.name}-best", "n_trials": 1, "timeout": None, "retrain": settings}
     )
@@ -63,8 +64,8 @@ def best_yaml(spec: StudySpec, winner: Winner) -> str:
         document.pop("storage")  # never write a password to disk; HPO_STORAGE supplies it
     trial = winner.trial
     chosen = ""
-    if winner.record and len(winner.record["selection"]) > 1:
-        chosen = f"; chosen by hpo retrain as the best mean of the top {len(winner.record['selection'])}"
+    if winner.record and len(winner.record.selection) > 1:
+        chosen = f"; chosen by hpo retrain as the best mean of the top {len(winner.record.selection)}"
     header = (
         f"# Winner: trial #{trial.number} of study {spec.name!r}, {spec.metric} = {trial.value:.4f} on validation{chosen}.\n"
         f"# Re-run it with: hpo launch <this file>; then `hpo retrain <this file>` retrains and tests it.\n"
@@ -90,9 +91,9 @@ def training_arguments(spec: StudySpec, winner: Winner) -> dict[str, Any]:
     record = winner.record
     epochs, seed, notes = float(params.epochs), spec.seed, []
     if record:
-        seed = record["model"]["seed"]
-        if record["plan"]["train_on"] == "train+validation":
-            epochs = record["winner"]["best_epoch"]
+        seed = record.model.seed
+        if record.plan.train_on == "train+validation":
+            epochs = record.winner.best_epoch
             notes.append("num_train_epochs is where the winner peaked on validation: retraining on train+validation "
                          "stops there, with the learning-rate schedule ending there too")
         else:
@@ -123,13 +124,19 @@ def training_arguments(spec: StudySpec, winner: Winner) -> dict[str, Any]:
     else:
         arguments["warmup_ratio"] = params.warmup_ratio
         arguments["group_by_length"] = spec.data.group_by_length
-    notes.append("freeze_depth k: freeze the embeddings and the bottom k transformer layers (requires_grad=False)")
+    adapter = adapter_settings(spec, winner)
+    if adapter:
+        notes.append("adapter: the LoRA adapter as peft.LoraConfig keyword arguments; the base stays frozen, "
+                     "freeze_depth k keeps adapters out of the bottom k layers")
+    else:
+        notes.append("freeze_depth k: freeze the embeddings and the bottom k transformer layers (requires_grad=False)")
     expressed = {"learning_rate", "batch_size", "epochs", "weight_decay", "lr_scheduler", "max_grad_norm", "warmup_ratio", "freeze_depth"}
     return {
         "training_arguments": arguments,
         "freeze_depth": params.freeze_depth,
+        **({"adapter": adapter} if adapter else {}),
         # Knobs of the winner that TrainingArguments does not take as they are (set them on the model or loop).
-        "other_hyperparameters": {k: v for k, v in params.as_dict().items() if k not in expressed},
+        "other_hyperparameters": {k: v for k, v in params.as_dict().items() if k not in expressed and not k.startswith("lora_")},
         "model": spec.model,
         "max_length": spec.data.max_length,
         "for_transformers": f"{major}.x" if major else None,
@@ -137,8 +144,28 @@ def training_arguments(spec: StudySpec, winner: Winner) -> dict[str, Any]:
     }
 
 
+def adapter_settings(spec: StudySpec, winner: Winner) -> dict[str, Any] | None:
+    """The winner's adapter as ``peft.LoraConfig(**settings)`` takes it, with the module names resolved
+    for this model (as the trial recorded them), or None for full fine-tuning."""
+    if spec.adapter.type == "none":
+        return None
+    params = retrain.params_of(spec, winner.trial)
+    recorded = winner.trial.user_attrs.get("adapter") or {}
+    return {
+        "type": spec.adapter.type,
+        "r": params.lora_r,
+        "lora_alpha": params.lora_scale_alpha,
+        "lora_dropout": params.lora_dropout,
+        "target": params.lora_target,
+        "target_modules": recorded.get("target_modules"),
+        "modules_to_save": recorded.get("trained_head_modules"),
+        "skipped_bottom_layers": params.freeze_depth,
+    }
+
+
 def metrics_document(spec: StudySpec, winner: Winner) -> dict[str, Any]:
     trial, record = winner.trial, winner.record
+    measured = TrialRecord.of(trial)
     document: dict[str, Any] = {
         "study": spec.name,
         "metric": spec.metric,
@@ -148,26 +175,26 @@ def metrics_document(spec: StudySpec, winner: Winner) -> dict[str, Any]:
         "validation": {
             "search": {
                 "value": trial.value,
-                "best_examples": trial.user_attrs.get("best_examples"),
-                "best_epoch": trial.user_attrs.get("best_epoch"),
-                "metrics": trial.user_attrs.get("best_metrics"),
+                "best_examples": measured.best_examples if measured else None,
+                "best_epoch": measured.best_epoch if measured else None,
+                "metrics": measured.best_metrics if measured else None,
             },
         },
         "test": None,
     }
     if record:
-        document["validation"]["selection"] = record["selection"]
-        if record["plan"]["train_on"] == "train":
-            document["validation"]["retrained"] = [{"seed": s["seed"], **(s["validation"] or {})} for s in record["seeds"]]
+        document["validation"]["selection"] = [c.model_dump(mode="json") for c in record.selection]
+        if record.plan.train_on == "train":
+            document["validation"]["retrained"] = [{"seed": s.seed, **(s.validation or {})} for s in record.seeds]
         document["test"] = {
-            "examples": record["test"]["examples"],
-            "per_seed": [{"seed": s["seed"], **s["test"]} for s in record["seeds"]],
-            "mean": record["test"]["mean"],
-            "std": record["test"]["std"],
+            "examples": record.test.examples,
+            "per_seed": [{"seed": s.seed, **s.test} for s in record.seeds],
+            "mean": record.test.mean,
+            "std": record.test.std,
             "std_kind": "sample standard deviation over seeds",
-            "model_seed": record["model"]["seed"],
+            "model_seed": record.model.seed,
         }
-        document["retrained_on"] = record["trained_on"]
+        document["retrained_on"] = record.trained_on.model_dump(mode="json")
     return document
 
 
@@ -177,13 +204,13 @@ def model_folder(winner: Winner) -> Path | None:
     if not record:
         return None
     if not retrain.model_is_present(record):
-        model = record["model"]
+        model = record.model
         raise UserError(
-            f"the retrained model recorded on the study ({model['path']}, written on {model['host']} at "
-            f"{record['finished_at']}) is not here or was replaced since; export on that machine or run "
+            f"the retrained model recorded on the study ({model.path}, written on {model.host} at "
+            f"{record.finished_at}) is not here or was replaced since; export on that machine or run "
             f"`hpo retrain --force` here"
         )
-    return Path(record["model"]["path"])
+    return Path(record.model.path)
 
 
 def _check_target(target: Path) -> None:
@@ -203,8 +230,12 @@ def _reason(exc: OSError) -> str:
     return f"{exc.strerror or exc}{where}"
 
 
-def write_folder(target: Path, files: dict[str, str], model: Path | None) -> None:
-    """Stage every file beside ``target``, then swap the folder in whole."""
+def write_folder(target: Path, files: dict[str, str], model: Path | None, merge: Callable[[Path, Path], None] | None = None) -> None:
+    """Stage every file beside ``target``, then swap the folder in whole.
+
+    ``merge(adapter_dir, out_dir)``, given with an adapter model, writes the
+    adapter folded into its base as ``merged/`` (the objective does that model work).
+    """
     _check_target(target)
     staging = None
     try:
@@ -213,6 +244,8 @@ def write_folder(target: Path, files: dict[str, str], model: Path | None) -> Non
             (staging / name).write_text(text, encoding="utf-8")
         if model is not None:
             shutil.copytree(model, staging / "model", ignore=shutil.ignore_patterns(retrain.RUN_FILE))
+            if merge is not None:
+                merge(staging / "model", staging / "merged")
         atomic.replace_dir(staging, target)
     except OSError as exc:
         raise UserError(f"cannot write the export to {target}: {_reason(exc)}; any previous export there is unchanged") from None
@@ -221,9 +254,14 @@ def write_folder(target: Path, files: dict[str, str], model: Path | None) -> Non
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def export_folder(target: Path, spec: StudySpec, study: optuna.Study, winner: Winner) -> Path | None:
+def export_folder(target: Path, spec: StudySpec, study: optuna.Study, winner: Winner,
+                  merge: Callable[[Path, Path], None] | None = None) -> Path | None:
     """Write the whole export; returns the model folder copied, or None when there is none yet."""
     model = model_folder(winner)
+    if merge is not None and spec.adapter.type == "none":
+        raise UserError("--merge folds an adapter into its base; this study fine-tunes the whole model (adapter.type none)")
+    if merge is not None and model is None:
+        raise UserError("--merge needs the retrained adapter: run `hpo retrain` first")
     args = training_arguments(spec, winner)
     metrics = metrics_document(spec, winner)
     files = {
@@ -232,5 +270,5 @@ def export_folder(target: Path, spec: StudySpec, study: optuna.Study, winner: Wi
         "metrics.json": json.dumps(metrics, indent=2) + "\n",
         "README.md": modelcard.render(spec, study, winner.trial, winner.record),
     }
-    write_folder(target, files, model)
+    write_folder(target, files, model, merge)
     return model

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Callable
+
+from hpo.storage import first_line
 
 log = logging.getLogger("hpo.heartbeat")
 
 
 class Heartbeat:
-    def __init__(self, storage, trial_id: int, interval: float):
+    def __init__(self, storage, trial_id: int, interval: float, mask: Callable[[str], str] = str):
+        self._mask = mask
         self._storage = storage
         self._trial_id = trial_id
         self._interval = interval
@@ -36,7 +40,7 @@ class Heartbeat:
             self._storage.record_heartbeat(self._trial_id)
             return True
         except Exception as exc:  # noqa: BLE001 - any storage error must not end the thread
-            log.warning("heartbeat for trial id %s failed (%s); retrying", self._trial_id, type(exc).__name__)
+            log.warning("heartbeat for trial id %s failed (%s: %s); retrying", self._trial_id, type(exc).__name__, self._mask(first_line(exc)))
             return False
 
     def _run(self) -> None:

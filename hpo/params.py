@@ -48,6 +48,9 @@ class Knob:
 
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 OPTIMIZERS = ("adamw", "sgd", "adafactor")
+# Which linear layers of each transformer block get a LoRA adapter, by role, so that
+# one study file means the same on BERT, ViT or a Llama decoder (objectives.adapters).
+LORA_TARGETS = ("attention", "mlp", "all-linear")
 
 # Defaults follow common fine-tuning practice (BERT paper, HF Trainer) so that a
 # study that only searches the four required knobs still trains sensibly.
@@ -73,7 +76,18 @@ KNOBS: dict[str, Knob] = {
     # Early stopping: evaluation points without a new best before a trial ends
     # (it keeps its best score); absent: every trial runs all its epochs.
     "patience": Knob(int, default=None, ge=1),
+    # LoRA (adapter: lora only): rank, scale, dropout and where the adapters go.
+    # alpha is lora_alpha, or lora_alpha_ratio x r when lora_alpha is absent; the
+    # ratio keeps the update's scale (alpha / r) fixed while the rank is searched.
+    "lora_r": Knob(int, default=8, ge=1, le=4096),
+    "lora_alpha": Knob(float, default=None, gt=0),
+    "lora_alpha_ratio": Knob(float, default=2.0, gt=0),
+    "lora_dropout": Knob(float, default=0.05, ge=0, lt=1),
+    "lora_target": Knob(str, default="all-linear", choices=LORA_TARGETS),
 }
+
+# Dimensions that only mean something with an adapter: the spec refuses them without one.
+LORA_KNOBS = tuple(name for name in KNOBS if name.startswith("lora_"))
 
 # Conditional dimensions: name -> (the dimension it depends on, the value that enables it).
 # A trial suggests the dimension only when the other one took that value, so the
@@ -81,6 +95,9 @@ KNOBS: dict[str, Knob] = {
 CONDITIONS: dict[str, tuple[str, str]] = {"momentum": ("optimizer", "sgd")}
 
 REQUIRED = tuple(name for name, knob in KNOBS.items() if knob.required)
+# With adapter: lora the base is frozen anyway; freeze_depth then only keeps adapters
+# out of the bottom layers, and may be left out (0: adapters in every layer).
+REQUIRED_WITH_ADAPTER = tuple(name for name in REQUIRED if name != "freeze_depth")
 
 
 @dataclass(frozen=True)
@@ -90,7 +107,7 @@ class TrainingParams:
     learning_rate: float
     batch_size: int
     epochs: int
-    freeze_depth: int
+    freeze_depth: int = 0
     weight_decay: float = KNOBS["weight_decay"].default
     warmup_ratio: float = KNOBS["warmup_ratio"].default
     lr_scheduler: str = KNOBS["lr_scheduler"].default
@@ -101,6 +118,11 @@ class TrainingParams:
     label_smoothing: float = KNOBS["label_smoothing"].default
     gradient_accumulation_steps: int = KNOBS["gradient_accumulation_steps"].default
     patience: int | None = KNOBS["patience"].default
+    lora_r: int = KNOBS["lora_r"].default
+    lora_alpha: float | None = KNOBS["lora_alpha"].default
+    lora_alpha_ratio: float = KNOBS["lora_alpha_ratio"].default
+    lora_dropout: float = KNOBS["lora_dropout"].default
+    lora_target: str = KNOBS["lora_target"].default
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> "TrainingParams":
@@ -109,4 +131,9 @@ class TrainingParams:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def lora_scale_alpha(self) -> float:
+        """LoRA's alpha as the adapter is built: explicit, else ratio x rank."""
+        return self.lora_alpha if self.lora_alpha is not None else self.lora_alpha_ratio * self.lora_r
 

@@ -19,8 +19,10 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo import __version__
+from hpo.errors import UserError
 from hpo.fmt import cell, duration, format_params
 from hpo.plots import Figure, draw_all
+from hpo.records import RetrainRecord
 from hpo.runner import Counts, ranked
 from hpo.spec import StudySpec
 
@@ -136,29 +138,25 @@ def _test_results(study: optuna.Study) -> str:
     """The retrained winner's test scores, as ``hpo retrain`` records them (``retrain`` study attribute).
 
     Known fields get tables (mean and spread over seeds, each seed); where the
-    model was saved and on which host stay out of a shared page. A record of
-    another shape is shown flattened rather than dropped.
+    model was saved and on which host stay out of a shared page. A record this
+    hpo cannot read (another version's) is shown flattened rather than dropped.
     """
-    record = study.user_attrs.get("retrain")
-    if not record:
+    raw = study.user_attrs.get("retrain")
+    if not raw:
         return ""
     intro = "<h2>Test results</h2><p>The winner retrained and scored once on the held-out test split"
-    test = record.get("test") if isinstance(record, dict) else None
-    if not (isinstance(test, dict) and isinstance(test.get("mean"), dict)):
-        return intro + ".</p>" + _table(["", "value"], [[k, v] for k, v in _flatten(record)])
-    winner, trained = record.get("winner", {}), record.get("trained_on", {})
-    metric = record.get("metric")
-    names = sorted(test["mean"], key=lambda name: (name != metric, name))
+    try:
+        record = RetrainRecord.read(raw, "study attribute 'retrain'")
+    except UserError:
+        return intro + ".</p>" + _table(["", "value"], [[k, v] for k, v in _flatten(raw)])
+    test, metric = record.test, record.metric
+    names = sorted(test.mean, key=lambda name: (name != metric, name))
     facts = (
-        f" ({test.get('examples', '?')} examples): winner trial #{winner.get('trial', '?')}, retrained on "
-        f"{trained.get('split', '?')} ({trained.get('examples', '?')} examples) with {len(record.get('seeds', []))} seeds"
+        f" ({test.examples} examples): winner trial #{record.winner.trial}, retrained on "
+        f"{record.trained_on.split} ({record.trained_on.examples} examples) with {len(record.seeds)} seeds"
     )
-    means = _table(["metric", "test mean", "std over seeds"], [[n, test["mean"][n], test.get("std", {}).get(n)] for n in names])
-    seeds = [
-        [r.get("seed"), (r.get("test") or {}).get(metric), (r.get("validation") or {}).get(metric) if isinstance(r.get("validation"), dict) else r.get("validation"),
-         r.get("epochs"), r.get("seconds")]
-        for r in record.get("seeds", [])
-    ]
+    means = _table(["metric", "test mean", "std over seeds"], [[n, test.mean[n], test.std.get(n)] for n in names])
+    seeds = [[r.seed, r.test.get(metric), (r.validation or {}).get(metric), r.epochs, r.seconds] for r in record.seeds]
     per_seed = _table(["seed", f"test {metric}", f"validation {metric}", "epochs", "seconds"], seeds) if seeds else ""
     return intro + _e(facts) + ".</p>" + means + per_seed
 

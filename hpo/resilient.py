@@ -10,15 +10,21 @@ constraint, bad data) surfaces at once.
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import os
 import time
+import uuid
+from datetime import datetime
 from typing import Callable, TypeVar
 
 import optuna
 from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import exc as sa_exc
+
+from hpo import optuna_compat as compat
 
 from hpo.errors import StorageError
 from hpo.storage import first_line
@@ -43,6 +49,10 @@ def is_transient(exc: BaseException) -> bool:
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        if isinstance(exc, StorageError):  # a retry that already ran out of patience: do not nest another
+            return False
+        if getattr(exc, "transient", False):  # e.g. storage.LockLost
+            return True
         if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
             return True
         if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
@@ -81,25 +91,116 @@ def call_with_retries(action: Callable[[], T], what: str, patience: float = DEFA
 
 
 class ResilientRDBStorage(RDBStorage):
-    """RDBStorage whose public methods retry through short database outages."""
+    """RDBStorage whose calls retry through short database outages.
+
+    A failure can come after the database committed (a connection lost during
+    the commit's reply), so only idempotent calls are retried blindly; the others
+    look for their own effect before they try again (see ``_create_new_trial``,
+    ``set_trial_state_values``, ``_set_trial_param``).
+    """
 
     patience: float = DEFAULT_PATIENCE
     mask: Callable[[str], str] = staticmethod(str)
 
+    def _attempt(self, name: str, args: tuple, kwargs: dict):
+        """One real call of an RDBStorage method: the seam fault-injection tests wrap."""
+        return getattr(RDBStorage, name)(self, *args, **kwargs)
 
-def _retrying(name: str, method):
-    @functools.wraps(method)
+    def _retry(self, name: str, action: Callable[[], T]) -> T:
+        return call_with_retries(action, name, self.patience, self.mask)
+
+    def _checked(self, name: str, args: tuple, kwargs: dict, effect: Callable[[], tuple[bool, object]]):
+        """Retry a call that may have taken effect before it failed: after a failure, ``effect()``
+        says whether it did (and what the call would have returned) before the call is made again."""
+        state = {"failed": False}
+
+        def action():
+            if state["failed"]:
+                done, result = effect()
+                if done:
+                    return result
+            try:
+                return self._attempt(name, args, kwargs)
+            except Exception:
+                state["failed"] = True
+                raise
+
+        return self._retry(name, action)
+
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        """Each new trial carries a claim token, so a creation whose commit is in doubt is found
+        again rather than made twice (a twin RUNNING trial would hold a budget slot for ever)."""
+        token = uuid.uuid4().hex
+        template = _with_token(template_trial, token)
+
+        def effect():
+            found = next((t for t in RDBStorage.get_all_trials(self, study_id, deepcopy=False) if t.system_attrs.get(CLAIM_TOKEN) == token), None)
+            return found is not None, found
+
+        return self._checked("_create_new_trial", (study_id, template), {}, effect)
+
+    def _get_prepared_new_trial(self, study_id, template_trial, session):
+        """A new RUNNING trial gets its heartbeat in the transaction that creates it: it is owned
+        from the instant it exists, and becomes stale (and is retried) if its worker dies at once."""
+        trial = super()._get_prepared_new_trial(study_id, template_trial, session)
+        if self.heartbeat_interval and compat.running_state(trial):
+            compat.add_heartbeat_row(session, trial)
+        return trial
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
+        """In doubt, the trial's state tells whether the change happened. A trial found RUNNING
+        after an attempt to start it is ours: hpo takes waiting trials only under the study lock."""
+
+        def effect():
+            now = RDBStorage.get_trial(self, trial_id)
+            if now.state != state:
+                return False, None
+            if values is not None and list(now.values or []) != [float(v) for v in values]:
+                return False, None
+            return True, True
+
+        return self._checked("set_trial_state_values", (trial_id, state, values), {}, effect)
+
+    def _set_trial_param(self, trial_id, param_name, param_value_internal, distribution, previous_distribution):
+        def effect():
+            try:
+                return RDBStorage.get_trial_param(self, trial_id, param_name) == param_value_internal, None
+            except KeyError:
+                return False, None
+
+        args = (trial_id, param_name, param_value_internal, distribution, previous_distribution)
+        return self._checked("_set_trial_param", args, {}, effect)
+
+
+CLAIM_TOKEN = "hpo:claim"
+
+
+def _with_token(template: FrozenTrial | None, token: str) -> FrozenTrial:
+    if template is None:
+        return FrozenTrial(
+            number=-1, state=TrialState.RUNNING, value=None, values=None, datetime_start=datetime.now(),
+            datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={CLAIM_TOKEN: token},
+            intermediate_values={}, trial_id=-1,
+        )
+    stamped = copy.deepcopy(template)
+    stamped.system_attrs = {**stamped.system_attrs, CLAIM_TOKEN: token}
+    return stamped
+
+
+def _retrying(name: str):
     def wrapper(self, *args, **kwargs):
-        return call_with_retries(lambda: method(self, *args, **kwargs), name, self.patience, self.mask)
+        return self._retry(name, lambda: self._attempt(name, args, kwargs))
 
+    wrapper.__name__ = wrapper.__qualname__ = name
     return wrapper
 
 
-for _name, _method in list(vars(RDBStorage).items()):
-    if callable(_method) and not _name.startswith("_") and _name not in ("upgrade", "remove_session"):
-        setattr(ResilientRDBStorage, _name, _retrying(_name, _method))
-# fail_stale_trials calls this private method; it reads only, so retrying is safe.
-ResilientRDBStorage._get_stale_trial_ids = _retrying("_get_stale_trial_ids", RDBStorage._get_stale_trial_ids)
+_EFFECT_CHECKED = ("_create_new_trial", "set_trial_state_values", "_set_trial_param")
+# Public methods that only call a private one already covered: wrapping both would nest retries.
+DELEGATING = {"create_new_trial": "_create_new_trial", "set_trial_param": "_set_trial_param"}
+for _name in compat.rdb_methods_to_retry():
+    if _name not in _EFFECT_CHECKED and _name not in DELEGATING:
+        setattr(ResilientRDBStorage, _name, _retrying(_name))
 
 
 def _tolerating_finished(name: str, method):

@@ -4,8 +4,9 @@ The search side decides; the objective it is handed does the model work and
 is never imported here. The choice (the best trial, or with ``top_k`` the
 best mean over seeds on the validation split) is complete before anything is
 evaluated on the test split, so test results cannot feed back into it. The
-outcome is one study user attribute, ``retrain``, replaced as a whole:
-rerunning with the same settings finds it and adds nothing.
+outcome is one study user attribute, ``retrain`` (a typed, versioned
+``hpo.records.RetrainRecord``), replaced as a whole: rerunning with the same
+settings finds it and adds nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ from hpo import atomic
 from hpo.errors import UserError
 from hpo.fmt import format_params, table
 from hpo.params import TrainingParams
+from hpo.records import (
+    CandidateResult, HeldOutScores, KeptModel, RetrainedSeed, RetrainPlan, RetrainRecord, SeedRun, TrainedOn,
+    TrialRecord, Winner,
+)
 from hpo.runner import ranked
 from hpo.spec import RetrainSpec, StudySpec
 
@@ -89,15 +94,15 @@ class Plan:
     candidates: list[FrozenTrial]  # the best complete trials, best first
     home: Path  # <output_dir>/<study name>; the kept model goes to home/model
 
-    def key(self) -> dict[str, Any]:
-        return {
-            "top_k": self.settings.top_k,
-            "seeds": list(self.settings.seeds),
-            "train_on": self.settings.train_on,
-            "study_seed": self.study_seed,
-            "candidates": [t.number for t in self.candidates],
-            "home": str(self.home),
-        }
+    def key(self) -> RetrainPlan:
+        return RetrainPlan(
+            top_k=self.settings.top_k,
+            seeds=list(self.settings.seeds),
+            train_on=self.settings.train_on,
+            study_seed=self.study_seed,
+            candidates=[t.number for t in self.candidates],
+            home=str(self.home),
+        )
 
 
 def params_of(spec: StudySpec, trial: FrozenTrial) -> TrainingParams:
@@ -122,22 +127,23 @@ def make_plan(study: optuna.Study, spec: StudySpec) -> Plan:
     return Plan(spec.retrain, spec.seed, ranked[: spec.retrain.top_k], model_home(spec))
 
 
-def recorded(study: optuna.Study) -> dict[str, Any] | None:
-    return study.user_attrs.get(RECORD)
+def recorded(study: optuna.Study) -> RetrainRecord | None:
+    """The study's retrain record, checked; a one-line ``UserError`` when this hpo cannot read it."""
+    return RetrainRecord.of(study, RECORD)
 
 
-def model_is_present(record: dict[str, Any]) -> bool:
+def model_is_present(record: RetrainRecord) -> bool:
     """The recorded model is on this machine and was written by that very retrain."""
     try:
-        written = json.loads((Path(record["model"]["path"]) / RUN_FILE).read_text())
-    except (OSError, ValueError, KeyError, TypeError):
+        written = json.loads((Path(record.model.path) / RUN_FILE).read_text())
+    except (OSError, ValueError, AttributeError):
         return False
-    return written.get("run_id") == record.get("run_id")
+    return written.get("run_id") == record.run_id
 
 
-def still_valid(study: optuna.Study, plan: Plan) -> dict[str, Any] | None:
+def still_valid(study: optuna.Study, plan: Plan) -> RetrainRecord | None:
     record = recorded(study)
-    if record and record.get("plan") == plan.key() and model_is_present(record):
+    if record and record.plan == plan.key() and model_is_present(record):
         return record
     return None
 
@@ -158,7 +164,8 @@ def closest_to_mean(results: list[Any], metric: str) -> Any:
 
 
 def _searched_run(spec: StudySpec, trial: FrozenTrial) -> Run:
-    return Run(spec.seed, float(trial.value), trial.user_attrs.get("best_epoch"), True)
+    measured = TrialRecord.of(trial)
+    return Run(spec.seed, float(trial.value), measured.best_epoch if measured else None, True)
 
 
 def _reevaluate(spec: StudySpec, plan: Plan, objective: Retrainable) -> list[Candidate]:
@@ -207,7 +214,7 @@ def _install_model(chosen: Any, staging: Path, home: Path, run_id: str, winner: 
     return home / "model"
 
 
-def run(spec: StudySpec, study: optuna.Study, plan: Plan, objective: Retrainable) -> dict[str, Any]:
+def run(spec: StudySpec, study: optuna.Study, plan: Plan, objective: Retrainable) -> RetrainRecord:
     """Choose, retrain every seed, test, keep one model, record; returns the record."""
     started = time.monotonic()
     test_examples = objective.load_test()
@@ -225,9 +232,9 @@ def run(spec: StudySpec, study: optuna.Study, plan: Plan, objective: Retrainable
         path = _install_model(chosen, staging, plan.home, run_id, winner.trial.number)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    record = _record(spec, plan, run_id, winner, candidates, params, epochs, results, chosen, path, test_examples)
-    record["wall_seconds"] = round(time.monotonic() - started, 1)
-    study.set_user_attr(RECORD, record)  # the storage retries through short database outages
+    record = _record(spec, plan, run_id, winner, candidates, params, epochs, results, chosen, path, test_examples,
+                     wall_seconds=round(time.monotonic() - started, 1))
+    study.set_user_attr(RECORD, record.dump())  # the storage retries through short database outages
     study.set_user_attr(SUMMARY, summary(record))
     return record
 
@@ -239,48 +246,49 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def _candidate_record(c: Candidate) -> dict[str, Any]:
-    return {
-        "trial": c.trial.number,
-        "params": c.trial.params,
-        "search_value": c.trial.value,
-        "runs": [{"seed": r.seed, "value": r.value, "best_epoch": r.best_epoch, "from_search": r.from_search} for r in c.runs],
-        "mean": c.mean,
-        "std": c.std,
-    }
+def _candidate_record(c: Candidate) -> CandidateResult:
+    return CandidateResult(
+        trial=c.trial.number,
+        params=c.trial.params,
+        search_value=c.trial.value,
+        runs=[SeedRun(seed=r.seed, value=r.value, best_epoch=r.best_epoch, from_search=r.from_search) for r in c.runs],
+        mean=c.mean,
+        std=c.std,
+    )
 
 
-def _record(spec, plan, run_id, winner, candidates, params, epochs, results, chosen, path, test_examples) -> dict[str, Any]:
+def _record(spec, plan, run_id, winner, candidates, params, epochs, results, chosen, path, test_examples, *, wall_seconds) -> RetrainRecord:
     names = sorted(results[0].test)
     aggregated = {name: _mean_std([r.test[name] for r in results]) for name in names}
-    return {
-        "run_id": run_id,
-        "plan": plan.key(),
-        "metric": spec.metric,
-        "winner": {
-            "trial": winner.trial.number,
-            "params": winner.trial.params,
-            "training_params": params.as_dict(),
-            "search_value": winner.trial.value,
-            "validation_mean": winner.mean,
-            "validation_std": winner.std,
-            "best_epoch": epochs,
-        },
-        "selection": [_candidate_record(c) for c in candidates],
-        "trained_on": {"split": spec.retrain.train_on, "examples": results[0].train_examples},
-        "seeds": [
-            {"seed": r.seed, "test": r.test, "validation": r.validation, "examples_seen": r.examples_seen,
-             "epochs": r.epochs, "seconds": r.seconds}
+    return RetrainRecord(
+        run_id=run_id,
+        plan=plan.key(),
+        metric=spec.metric,
+        winner=Winner(
+            trial=winner.trial.number,
+            params=winner.trial.params,
+            training_params=params.as_dict(),
+            search_value=winner.trial.value,
+            validation_mean=winner.mean,
+            validation_std=winner.std,
+            best_epoch=epochs,
+        ),
+        selection=[_candidate_record(c) for c in candidates],
+        trained_on=TrainedOn(split=spec.retrain.train_on, examples=results[0].train_examples),
+        seeds=[
+            RetrainedSeed(seed=r.seed, test=r.test, validation=r.validation, examples_seen=r.examples_seen,
+                          epochs=r.epochs, seconds=r.seconds)
             for r in results
         ],
-        "test": {
-            "examples": test_examples,
-            "mean": {name: m for name, (m, _) in aggregated.items()},
-            "std": {name: s for name, (_, s) in aggregated.items()},
-        },
-        "model": {"seed": chosen.seed, "path": str(path), "host": socket.gethostname()},
-        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+        test=HeldOutScores(
+            examples=test_examples,
+            mean={name: m for name, (m, _) in aggregated.items()},
+            std={name: s for name, (_, s) in aggregated.items()},
+        ),
+        model=KeptModel(seed=chosen.seed, path=str(path), host=socket.gethostname()),
+        finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        wall_seconds=wall_seconds,
+    )
 
 
 def shown_metrics(metric: str, available: Any = ()) -> list[str]:
@@ -288,65 +296,65 @@ def shown_metrics(metric: str, available: Any = ()) -> list[str]:
     return [m for m in dict.fromkeys([metric, "accuracy", "f1"]) if m == metric or m in available]
 
 
-def summary(record: dict[str, Any]) -> str:
-    metric, test = record["metric"], record["test"]
+def summary(record: RetrainRecord) -> str:
+    metric, test = record.metric, record.test
     return (
-        f"{metric} {test['mean'][metric]:.4f} ± {test['std'][metric]:.4f} on test "
-        f"({len(record['seeds'])} seeds, trained on {record['trained_on']['split']}); "
-        f"winner trial #{record['winner']['trial']}"
+        f"{metric} {test.mean[metric]:.4f} ± {test.std[metric]:.4f} on test "
+        f"({len(record.seeds)} seeds, trained on {record.trained_on.split}); "
+        f"winner trial #{record.winner.trial}"
     )
 
 
-def _selection_table(record: dict[str, Any]) -> str:
-    seeds = list(dict.fromkeys(r["seed"] for c in record["selection"] for r in c["runs"]))
+def _selection_table(record: RetrainRecord) -> str:
+    seeds = list(dict.fromkeys(r.seed for c in record.selection for r in c.runs))
     rows = []
-    for c in record["selection"]:
-        values = {r["seed"]: r["value"] for r in c["runs"]}
-        mark = "*" if c["trial"] == record["winner"]["trial"] else ""
-        rows.append([f"{mark}#{c['trial']}", c["search_value"], *[values.get(s) for s in seeds], c["mean"], c["std"]])
+    for c in record.selection:
+        values = {r.seed: r.value for r in c.runs}
+        mark = "*" if c.trial == record.winner.trial else ""
+        rows.append([f"{mark}#{c.trial}", c.search_value, *[values.get(s) for s in seeds], c.mean, c.std])
     return table(["trial", "search", *[f"seed {s}" for s in seeds], "mean", "std"], rows)
 
 
-def _test_table(record: dict[str, Any]) -> str:
-    names = shown_metrics(record["metric"], record["test"]["mean"])
-    rows = [[s["seed"], *[s["test"][n] for n in names], s["epochs"]] for s in record["seeds"]]
-    rows.append(["mean", *[record["test"]["mean"][n] for n in names], None])
-    rows.append(["std", *[record["test"]["std"][n] for n in names], None])
+def _test_table(record: RetrainRecord) -> str:
+    names = shown_metrics(record.metric, record.test.mean)
+    rows = [[s.seed, *[s.test[n] for n in names], s.epochs] for s in record.seeds]
+    rows.append(["mean", *[record.test.mean[n] for n in names], None])
+    rows.append(["std", *[record.test.std[n] for n in names], None])
     return table(["seed", *names, "epochs"], rows)
 
 
-def report(record: dict[str, Any]) -> str:
+def report(record: RetrainRecord) -> str:
     """The tables ``hpo retrain`` prints: the choice, then the test results per seed and aggregated."""
-    winner, metric = record["winner"], record["metric"]
+    winner, metric = record.winner, record.metric
     lines = []
-    if len(record["selection"]) > 1:
-        lines += [f"validation {metric} of the top {len(record['selection'])} trials by seed (* = best mean, the winner):",
+    if len(record.selection) > 1:
+        lines += [f"validation {metric} of the top {len(record.selection)} trials by seed (* = best mean, the winner):",
                   _selection_table(record), ""]
     lines += [
-        f"winner   trial #{winner['trial']}: {format_params(winner['params'])}",
-        f"trained  on {record['trained_on']['split']} ({record['trained_on']['examples']} examples), "
-        f"{len(record['seeds'])} seeds; tested once on {record['test']['examples']} test examples",
+        f"winner   trial #{winner.trial}: {format_params(winner.params)}",
+        f"trained  on {record.trained_on.split} ({record.trained_on.examples} examples), "
+        f"{len(record.seeds)} seeds; tested once on {record.test.examples} test examples",
         "",
         "test results (std is the sample standard deviation over seeds):",
         _test_table(record),
         "",
-        f"model    {record['model']['path']} (seed {record['model']['seed']}, closest to the mean {metric})",
+        f"model    {record.model.path} (seed {record.model.seed}, closest to the mean {metric})",
     ]
     return "\n".join(lines)
 
 
-def status_lines(record: dict[str, Any] | None) -> list[str]:
+def status_lines(record: RetrainRecord | None) -> list[str]:
     """What ``hpo status`` adds once the study was retrained."""
     if not record:
         return []
-    metric, test = record["metric"], record["test"]
-    chosen = (f"best mean over {len(record['selection'][0]['runs'])} seeds of the top {len(record['selection'])}"
-              if len(record["selection"]) > 1 else "best trial")
-    scores = ", ".join(f"{n} {test['mean'][n]:.4f} ± {test['std'][n]:.4f}" for n in shown_metrics(metric, test["mean"]))
-    per_seed = " ".join(f"{s['seed']}:{s['test'][metric]:.4f}" for s in record["seeds"])
+    metric, test = record.metric, record.test
+    chosen = (f"best mean over {len(record.selection[0].runs)} seeds of the top {len(record.selection)}"
+              if len(record.selection) > 1 else "best trial")
+    scores = ", ".join(f"{n} {test.mean[n]:.4f} ± {test.std[n]:.4f}" for n in shown_metrics(metric, test.mean))
+    per_seed = " ".join(f"{s.seed}:{s.test[metric]:.4f}" for s in record.seeds)
     return [
-        f"retrain winner #{record['winner']['trial']} ({chosen}), trained on {record['trained_on']['split']}, "
-        f"{record['finished_at']}",
-        f"test    {scores} ({len(record['seeds'])} seeds, {test['examples']} examples; {metric} by seed {per_seed})",
-        f"model   {record['model']['path']} (seed {record['model']['seed']})",
+        f"retrain winner #{record.winner.trial} ({chosen}), trained on {record.trained_on.split}, "
+        f"{record.finished_at}",
+        f"test    {scores} ({len(record.seeds)} seeds, {test.examples} examples; {metric} by seed {per_seed})",
+        f"model   {record.model.path} (seed {record.model.seed})",
     ]

@@ -28,8 +28,11 @@ from typing import Any, Callable, Protocol
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo import optuna_compat as compat
 from hpo import storage as storage_lib
+from hpo.errors import FatalTrialError
 from hpo.heartbeat import Heartbeat
+from hpo.records import LostResult, LostResults, keep_lost_result
 from hpo.resilient import call_with_retries
 from hpo.watchdog import time_limit
 from hpo.pruners import build_pruner
@@ -107,7 +110,7 @@ def _expected_warnings():
     (we beat ourselves) and the experimental stale-trial helpers."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        warnings.filterwarnings("ignore", message=compat.HEARTBEAT_ASK_WARNING)
         yield
 
 
@@ -199,18 +202,84 @@ def ranked(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def _claim(study: optuna.Study, spec: StudySpec) -> optuna.Trial | None:
-    """Ask for a trial only while finished + running trials are under the budget.
+    """Take a waiting trial or create one, only while finished + running trials are under the budget.
 
-    Counting and asking happen under one lock shared by every worker, which is
+    Counting and taking happen under one lock shared by every worker, which is
     what makes the budget exact; ``MaxTrialsCallback`` checks after the fact
-    and overshoots by up to the number of workers minus one.
+    and overshoots by up to the number of workers minus one. The trial is born
+    with a heartbeat (see ``ResilientRDBStorage``), so from the instant it
+    exists it is either this worker's or, should the worker die, stale. A failure
+    before it exists retries the whole claim; after, the trial is given back.
     """
-    with storage_lib.budget_lock(spec.storage, spec.name), _expected_warnings():
-        optuna.storages.fail_stale_trials(study)
-        counts = count(study)
-        if counts.finished + counts.running >= spec.n_trials:
-            return None
-        return study.ask()
+    tid = None
+    try:
+        with storage_lib.budget_lock(spec.storage, spec.name), _expected_warnings():
+            optuna.storages.fail_stale_trials(study)
+            counts = count(study)
+            if counts.finished + counts.running >= spec.n_trials:
+                return None
+            tid, popped = _take_or_create(study)
+    except storage_lib.LockLost as exc:
+        if tid is None:
+            raise  # transient: the whole claim is tried again
+        log.warning("%s; checking the budget again before trial id %s runs", exc, tid)
+        if not _still_within_budget(study, spec, tid, popped):
+            return _claim(study, spec)
+    try:
+        return compat.new_trial(study, tid)
+    except BaseException as exc:
+        _give_back(study, tid, popped, f"claim failed before the objective started: {_reason(exc)}")
+        raise
+
+
+def _take_or_create(study: optuna.Study) -> tuple[int, bool]:
+    """A waiting trial (a retry) made RUNNING, or a new RUNNING trial; and whether it was popped.
+
+    A waiting trial gets its heartbeat before it turns RUNNING, so it too is never
+    RUNNING without one; the stale-trial check looks at RUNNING trials only.
+    """
+    store = compat.storage_of(study)
+    for waiting in store.get_all_trials(compat.study_id(study), deepcopy=False, states=(TrialState.WAITING,)):
+        tid = compat.trial_id(waiting)
+        store.record_heartbeat(tid)
+        try:
+            if store.set_trial_state_values(tid, state=TrialState.RUNNING):
+                return tid, True
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return store.create_new_trial(compat.study_id(study)), False
+
+
+def _still_within_budget(study: optuna.Study, spec: StudySpec, tid: int, popped: bool) -> bool:
+    """After a lost lock, keep the trial only if the budget, counted again under a new lock, allows it."""
+    while True:
+        try:
+            with storage_lib.budget_lock(spec.storage, spec.name):
+                counts = count(study)
+                if counts.finished + counts.running <= spec.n_trials:
+                    return True
+                _give_back(study, tid, popped, "claim aborted: the study lock was lost and the budget was overshot")
+                return False
+        except storage_lib.LockLost:
+            continue
+
+
+def _give_back(study: optuna.Study, tid: int, popped: bool, reason: str) -> None:
+    """Undo a claim whose objective never started: a retry goes back to the queue, a new trial is failed.
+
+    Best effort: if the database is gone, the trial's heartbeat goes stale and
+    another worker fails and re-queues it.
+    """
+    store = compat.storage_of(study)
+    try:
+        if popped:
+            store.set_trial_state_values(tid, state=TrialState.WAITING)
+        else:
+            store.set_trial_user_attr(tid, "fail_reason", reason)
+            store.set_trial_state_values(tid, state=TrialState.FAIL)
+        log.warning("trial id %s given back (%s)", tid, reason)
+    except Exception as exc:  # noqa: BLE001 - the heartbeat's staleness covers what this cannot do
+        log.warning("could not give back trial id %s (%s); its heartbeat will go stale", tid, _reason(exc))
 
 
 def _reason(exc: BaseException) -> str:
@@ -218,54 +287,95 @@ def _reason(exc: BaseException) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
-def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, spec: StudySpec, guard: SignalGuard):
-    """Run the objective; return (state, value, failure reason)."""
-    store = study._storage
+TRACEBACK_KEPT = 2000  # characters of a failed trial's traceback kept in its fail_traceback attribute
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: TrialState
+    value: float | None = None
+    reason: str | None = None
+    traceback: str | None = None
+    fatal: FatalTrialError | None = None  # an error every trial would hit: the worker stops after recording it
+
+
+def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, spec: StudySpec, guard: SignalGuard) -> Outcome:
+    store = compat.storage_of(study)
+    tid = compat.trial_id(trial)
 
     def hung() -> None:
         trial.set_user_attr("fail_reason", f"trial_timeout: hung past {spec.trial_timeout:g}s")
-        store.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        store.set_trial_state_values(tid, TrialState.FAIL)
 
-    with Heartbeat(store, trial._trial_id, spec.heartbeat.interval):
+    with Heartbeat(store, tid, spec.heartbeat.interval, mask=lambda t: storage_lib.mask_text(t, spec.storage)):
         try:
             with guard.objective_running(), time_limit(spec.trial_timeout, hung):
                 value = float(objective(trial))
         except optuna.TrialPruned:
-            return TrialState.PRUNED, None, None
+            return Outcome(TrialState.PRUNED)
         except Preempted:
-            return TrialState.FAIL, None, "preempted"
+            return Outcome(TrialState.FAIL, reason="preempted")
         except KeyboardInterrupt:
-            return TrialState.FAIL, None, "interrupted"
+            return Outcome(TrialState.FAIL, reason="interrupted")
         except Exception as exc:  # noqa: BLE001 - one bad trial must not end the study
-            log.debug("trial %d failed:\n%s", trial.number, traceback.format_exc())
-            return TrialState.FAIL, None, _reason(exc)
+            tail = traceback.format_exc()[-TRACEBACK_KEPT:]
+            log.warning("trial %d failed: %s\n%s", trial.number, _reason(exc), tail.rstrip())
+            return Outcome(TrialState.FAIL, reason=_reason(exc), traceback=tail, fatal=exc if isinstance(exc, FatalTrialError) else None)
     if math.isnan(value) or math.isinf(value):
-        return TrialState.FAIL, None, f"objective returned {value}"
-    return TrialState.COMPLETE, value, None
+        log.warning("trial %d failed: objective returned %s", trial.number, value)
+        return Outcome(TrialState.FAIL, reason=f"objective returned {value}")
+    return Outcome(TrialState.COMPLETE, value)
 
 
-def _record(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None, reason: str | None, spec):
-    """Tell the storage, riding out short outages; never lose a computed result silently."""
-    current = study._storage.get_trial(trial._trial_id)
-    if reason and not current.state.is_finished():
-        trial.set_user_attr("fail_reason", reason)
-    if not current.state.is_finished():  # else someone else (a stale-trial check) finished it meanwhile
+def _record(study: optuna.Study, trial: optuna.Trial, outcome: Outcome, spec: StudySpec) -> tuple[FrozenTrial, bool]:
+    """Tell the storage, riding out short outages; never lose a computed result silently.
+
+    Returns the trial as stored and whether this worker's tell finished it (not,
+    say, another worker's stale-trial check during a long pause).
+    """
+    store = compat.storage_of(study)
+    tid = compat.trial_id(trial)
+    try:
+        current = store.get_trial(tid)
+        ours = not current.state.is_finished()  # else someone else (a stale-trial check) finished it meanwhile
+        if ours:
+            if outcome.reason:
+                trial.set_user_attr("fail_reason", outcome.reason)
+            if outcome.traceback:
+                trial.set_user_attr("fail_traceback", outcome.traceback)
+            try:
+                with _expected_warnings():
+                    study.tell(trial, outcome.value if outcome.state == TrialState.COMPLETE else None, state=outcome.state)
+            except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+                ours = False  # finished between our look and our tell; the state is read back below
+        frozen = store.get_trial(tid)
+        if frozen.state != outcome.state and outcome.value is not None:
+            _keep_lost_result(study, spec, trial, outcome.value, frozen.state)
+    except Exception:
+        if outcome.value is not None:
+            log.error(
+                "trial %d finished with %s = %.6g (params %s) but the database could not record it",
+                trial.number, spec.metric, outcome.value, trial.params,
+            )
+        raise
+    return frozen, ours and frozen.state == outcome.state
+
+
+def _keep_lost_result(study: optuna.Study, spec: StudySpec, trial: optuna.Trial, value: float, state: TrialState) -> None:
+    log.warning(
+        "trial %d finished with %s = %.6g but was already marked %s by another worker; "
+        "the value is kept in the study attribute lost_results",
+        trial.number, spec.metric, value, state.name,
+    )
+    entry = LostResult(value=value, params=trial.params)
+    while True:
         try:
-            with _expected_warnings():
-                study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # finished between our look and our tell; the state is read back below
-    frozen = study._storage.get_trial(trial._trial_id)
-    if frozen.state != state and value is not None:
-        log.warning(
-            "trial %d finished with %s = %.6g but was already marked %s by another worker; "
-            "the value is kept in the study attribute lost_results",
-            trial.number, spec.metric, value, frozen.state.name,
-        )
-        lost = dict(study.user_attrs.get("lost_results", {}))
-        lost[str(trial.number)] = {"value": value, "params": trial.params}
-        study.set_user_attr("lost_results", lost)
-    return frozen
+            with storage_lib.budget_lock(spec.storage, spec.name):  # two workers' read-modify-write must not interleave
+                keep_lost_result(study, trial.number, entry)
+            return
+        except storage_lib.LockLost:
+            if LostResults.of(study).trials.get(trial.number) == entry:
+                return  # written, and not overwritten by a writer that slipped in while the lock was gone
 
 
 def run_worker(
@@ -298,12 +408,17 @@ def _work(spec: StudySpec, objective: Objective, options: WorkerOptions, study_a
                 break
             options.stop.wait(options.poll_interval)  # others may still fail and free a slot
             continue
-        if options.on_trial_start:
-            options.on_trial_start(options.name, trial)
-        state, value, reason = _run_one(study, trial, objective, spec, guard)
-        frozen = _record(study, trial, state, value, reason, spec)
+        try:
+            if options.on_trial_start:
+                options.on_trial_start(options.name, trial)
+        except BaseException as exc:
+            _give_back(study, compat.trial_id(trial), False, f"failed before the objective started: {_reason(exc)}")
+            raise
+        outcome = _run_one(study, trial, objective, spec, guard)
+        frozen, ours = _record(study, trial, outcome, spec)
+        reason = outcome.reason
         if reason in ("preempted", "interrupted"):
-            if reason == "preempted":
+            if reason == "preempted" and ours:
                 requeue(study, frozen, "preempted", spec.heartbeat.max_retry)
             raise Preempted() if reason == "preempted" else KeyboardInterrupt()
         if options.on_trial_end:
@@ -311,6 +426,8 @@ def _work(spec: StudySpec, objective: Objective, options: WorkerOptions, study_a
             options.on_trial_end(
                 TrialEvent(options.name, frozen, counts, spec.n_trials, best_trial(study), time.monotonic() - start, reason)
             )
+        if outcome.fatal is not None:
+            raise FatalTrialError(f"trial {trial.number} failed: {reason}; every trial would fail the same way") from outcome.fatal
         failures_in_row = failures_in_row + 1 if frozen.state == TrialState.FAIL else 0
         if failures_in_row >= options.max_consecutive_failures:
             raise TooManyFailures(f"{failures_in_row} trials in a row failed; the last one: {reason}")

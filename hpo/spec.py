@@ -34,7 +34,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from hpo.errors import SpecError
-from hpo.params import CONDITIONS, KNOBS, REQUIRED, TrainingParams
+from hpo.params import CONDITIONS, KNOBS, LORA_KNOBS, REQUIRED, REQUIRED_WITH_ADAPTER, TrainingParams
 from hpo.yamlio import read_yaml
 
 # Metric name -> optimisation direction. The objective computes the metric;
@@ -291,6 +291,18 @@ class RetrainSpec(Strict):
         return value
 
 
+class AdapterSpec(Strict):
+    """Full fine-tuning (``none``) or low-rank adapters trained on a frozen base (``lora``, through PEFT).
+
+    With ``lora`` the worker loads the base once and every trial attaches a
+    fresh adapter to it and removes it afterwards; the ``lora_*`` dimensions
+    of the search space shape the adapter, and ``freeze_depth`` (optional)
+    keeps adapters out of the bottom k layers. The task's head always trains.
+    """
+
+    type: Literal["none", "lora"] = "none"
+
+
 class RuntimeSpec(Strict):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     # auto: bf16 autocast on GPUs and CPUs that multiply in bf16 natively (CPUs with
@@ -335,6 +347,7 @@ class StudySpec(Strict):
     evaluation: EvaluationSpec = EvaluationSpec()
     retrain: RetrainSpec = RetrainSpec()
     runtime: RuntimeSpec = RuntimeSpec()
+    adapter: AdapterSpec = AdapterSpec()
     heartbeat: HeartbeatSpec = HeartbeatSpec()
     search_space: dict[str, Dimension]
 
@@ -532,11 +545,19 @@ def _format(error: dict[str, Any], path: str) -> str:
     return f"{path}: {message}"
 
 
-def _knob_problems(space: Any) -> list[str]:
+def _knob_problems(space: Any, adapter: Any = None) -> list[str]:
     """Problems with the search space's names and values that only the knob table knows."""
     if not isinstance(space, dict):
         return []
-    problems = [f"search_space.{name}: is required" for name in REQUIRED if name not in space]
+    with_adapter = isinstance(adapter, dict) and adapter.get("type") not in (None, "none")
+    required = REQUIRED_WITH_ADAPTER if with_adapter else REQUIRED
+    problems = [f"search_space.{name}: is required" for name in required if name not in space]
+    if not with_adapter:
+        # lora_* dimensions shape an adapter: without one they would be drawn and ignored.
+        problems += [f"search_space.{name}: applies only with adapter.type lora (the study fine-tunes the whole model)"
+                     for name in space if name in LORA_KNOBS]
+    if "lora_alpha" in space and "lora_alpha_ratio" in space:
+        problems.append("search_space.lora_alpha_ratio: give lora_alpha or lora_alpha_ratio (alpha = ratio x lora_r), not both")
     for name, raw in space.items():
         knob = KNOBS.get(name)
         if knob is None:
@@ -636,7 +657,7 @@ def parse_spec(raw: Any, source: str = "<study>", base: Path | None = None) -> S
         StudySpec.model_validate(raw)
     except ValidationError as exc:
         problems.extend(_format_all(exc.errors(), raw))
-    problems.extend(_knob_problems(raw.get("search_space")))
+    problems.extend(_knob_problems(raw.get("search_space"), raw.get("adapter")))
     problems.extend(_file_problems(raw, base))
     problems.extend(_model_problems(raw, base))
     if problems:

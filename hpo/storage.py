@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import os
 import re
 from pathlib import Path
 from typing import Iterator
@@ -84,12 +85,17 @@ def _where(parsed: URL) -> str:
     return f"{parsed.host or 'localhost'}:{parsed.port or 'default port'}/{parsed.database or ''}"
 
 
+def application_name() -> str:
+    return f"hpo-{os.getpid()}"
+
+
 def _connect_args(parsed: URL) -> dict[str, object]:
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         return {"timeout": SQLITE_BUSY_TIMEOUT}
     if backend == "postgresql":
-        return {"connect_timeout": 5}
+        # Named per process, so an operator (or the soak test) can find one worker's connections.
+        return {"connect_timeout": 5, "application_name": application_name()}
     if backend == "mysql":
         return {"connect_timeout": 5}
     return {}
@@ -206,42 +212,95 @@ def _lock_key(study_name: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-@contextlib.contextmanager
-def budget_lock(url: str, study_name: str) -> Iterator[None]:
+class LockLost(Exception):
+    """The study lock's connection dropped while a worker held it.
+
+    PostgreSQL releases an advisory lock with the connection that took it, so
+    another worker may have counted and claimed meanwhile: the claim made under
+    it must be checked again before it is trusted.
+    """
+
+    transient = True  # a claim that made nothing under it may simply be tried again
+
+
+class StudyLock:
     """Mutual exclusion across every worker of a study, on any machine.
 
     Claiming a trial (count what is finished or running, then ask for a new
     one) must be atomic, or parallel workers overshoot the budget. PostgreSQL
     gives us advisory locks on a connection of their own; SQLite is one file on
-    one machine, so a file lock beside it does the same job.
+    one machine, so a file lock beside it does the same job. ``release`` tells
+    whether the lock was held all along: an unlock that fails or finds nothing
+    to unlock means the connection, and with it the lock, was lost.
     """
-    parsed = parse_url(url)
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        lock_path = Path(str(sqlite_path(url)) + ".hpo.lock")
-        with open(lock_path, "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-        return
-    engine = _lock_engine(url)
-    key = _lock_key(study_name)
-    with engine.connect() as conn:
-        if backend == "postgresql":
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
-        else:
-            conn.execute(text("SELECT GET_LOCK(:k, 3600)"), {"k": str(key)})
-        conn.commit()
+
+    def __init__(self, url: str, study_name: str):
+        self.url = url
+        self.backend = parse_url(url).get_backend_name()
+        self.key = _lock_key(study_name)
+        self._handle = None
+        self._conn = None
+
+    def acquire(self) -> None:
+        if self.backend == "sqlite":
+            self._handle = open(str(sqlite_path(self.url)) + ".hpo.lock", "a+")
+            fcntl.flock(self._handle, fcntl.LOCK_EX)
+            return
+        self._conn = _lock_engine(self.url).connect()
         try:
-            yield
-        finally:
-            if backend == "postgresql":
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            if self.backend == "postgresql":
+                self._conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
             else:
-                conn.execute(text("SELECT RELEASE_LOCK(:k)"), {"k": str(key)})
-            conn.commit()
+                self._conn.execute(text("SELECT GET_LOCK(:k, 3600)"), {"k": str(self.key)})
+            self._conn.commit()
+        except BaseException:
+            self._close()
+            raise
+
+    def release(self) -> bool:
+        if self.backend == "sqlite":
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            return True
+        try:
+            if self.backend == "postgresql":
+                held = self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key}).scalar()
+            else:
+                held = self._conn.execute(text("SELECT RELEASE_LOCK(:k)"), {"k": str(self.key)}).scalar()
+            self._conn.commit()
+            return bool(held)
+        except SQLAlchemyError:
+            return False
+        finally:
+            self._close()
+
+    @property
+    def backend_pid(self) -> int | None:
+        """The PostgreSQL backend holding the lock (for tests that drop its connection)."""
+        if self._conn is None or self.backend != "postgresql":
+            return None
+        return self._conn.connection.dbapi_connection.info.backend_pid
+
+    def _close(self) -> None:
+        try:
+            self._conn.close()
+        except SQLAlchemyError:
+            pass
+        self._conn = None
+
+
+@contextlib.contextmanager
+def budget_lock(url: str, study_name: str) -> Iterator[StudyLock]:
+    """Hold the study's lock; raise ``LockLost`` at the end if it was lost on the way."""
+    lock = StudyLock(url, study_name)
+    lock.acquire()
+    try:
+        yield lock
+    except BaseException:
+        lock.release()
+        raise
+    if not lock.release():
+        raise LockLost(f"the study lock's connection to {_where(parse_url(url))} was lost while held")
 
 
 _LOCK_ENGINES: dict[str, object] = {}

@@ -3,19 +3,25 @@
 Each worker is a separate ``hpo launch`` process (a CUDA context per process
 is the only isolation that survives an out-of-memory error or a crashed
 driver), attached to the same study through the shared storage. The parent
-only starts, watches and signals them; the study's lock and the budget claim
-make the workers agree without talking to each other.
+only starts, watches, restarts (after a crash) and signals them; the study's
+lock and the budget claim make the workers agree without talking to each other.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from hpo.errors import UserError
+from hpo.watchdog import EXIT_HUNG
+
+log = logging.getLogger("hpo.workers")
 
 
 @dataclass(frozen=True)
@@ -73,31 +79,91 @@ def plan(gpus: list[str] | None, workers: int | None, cpu_count: int | None = No
     return [WorkerSlot(i, f"worker-{i}", None, {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}) for i in range(count)]
 
 
-def run(study_file: str, storage: str, slots: list[WorkerSlot], extra_args: list[str]) -> int:
-    """Start the workers, forward Ctrl-C and SIGTERM to them, and return the worst exit code.
+MAX_RESPAWNS = 3  # per slot: a worker that keeps crashing is left dead rather than restarted for ever
+POLL = 0.2  # seconds between looks at the children
+
+
+def respawn_reason(code: int) -> str | None:
+    """Why a worker that exited with ``code`` should be started again, or None if it should not.
+
+    Budget spent (0), every trial failing (1), bad input (2) and a stop asked
+    for (130, 143 or the signals themselves) end a worker for good; a hard
+    ``trial_timeout`` exit (124) or death by another signal (a native crash, the
+    out-of-memory killer, kill -9) would otherwise shrink the fleet silently.
+    """
+    if code == EXIT_HUNG:
+        return f"exited with {code} (a trial hung past trial_timeout)"
+    signum = -code if code < 0 else code - 128 if code > 128 and code not in (130, 143) else None
+    if signum is None or signum in (signal.SIGTERM, signal.SIGINT):
+        return None
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    return f"was killed by {name}" if signum == signal.SIGKILL else f"crashed ({name})"
+
+
+def run(
+    study_file: str,
+    storage: str,
+    slots: list[WorkerSlot],
+    extra_args: list[str],
+    command: Callable[[WorkerSlot], list[str]] | None = None,
+    max_respawns: int = MAX_RESPAWNS,
+) -> int:
+    """Start the workers, restart the ones that crash, forward Ctrl-C and SIGTERM to them,
+    and return the worst exit code.
 
     The storage URL travels in the environment, never on a command line that
-    ``ps`` would show.
+    ``ps`` would show. ``command`` builds a worker's command line (tests start
+    plain Python workers with it).
     """
-    children: list[subprocess.Popen] = []
-    for slot in slots:
+    command = command or (lambda slot: [sys.executable, "-m", "hpo", "launch", study_file, "--worker-index", str(slot.index), *extra_args])
+    running: dict[int, subprocess.Popen] = {}
+    respawns = {slot.index: 0 for slot in slots}
+    codes: dict[int, int] = {}
+    stopping = False
+
+    def start(slot: WorkerSlot) -> subprocess.Popen:
         env = {**os.environ, **slot.env, "HPO_STORAGE": storage, "HPO_WORKER_NAME": slot.name}
-        command = [sys.executable, "-m", "hpo", "launch", study_file, "--worker-index", str(slot.index), *extra_args]
         # A session of their own: Ctrl-C reaches them once, through forward(), not twice.
-        children.append(subprocess.Popen(command, env=env, start_new_session=True))
+        return subprocess.Popen(command(slot), env=env, start_new_session=True)
 
     def forward(signum, frame):
-        for child in children:
+        nonlocal stopping
+        stopping = True
+        for child in running.values():
             if child.poll() is None:
                 child.send_signal(signum)
 
+    by_index = {slot.index: slot for slot in slots}
+    for slot in slots:
+        running[slot.index] = start(slot)
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        codes = [child.wait() for child in children]
+        while running:
+            for index, child in list(running.items()):
+                code = child.poll()
+                if code is None:
+                    continue
+                del running[index]
+                slot, why = by_index[index], respawn_reason(code)
+                if why and not stopping and respawns[index] < max_respawns:
+                    respawns[index] += 1
+                    log.warning("worker %s %s; starting it again (%d of %d)", slot.name, why, respawns[index], max_respawns)
+                    running[index] = start(slot)
+                    continue
+                if why:
+                    log.warning("worker %s %s; not started again (%s)", slot.name, why,
+                                "stopping" if stopping else f"restarted {max_respawns} times already")
+                codes[index] = code
+            time.sleep(POLL)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    final = list(codes.values())
     for special in (143, 130):
-        if special in codes:
+        if special in final:
             return special
-    return next((code for code in codes if code != 0), 0)
+    worst = next((code for code in final if code != 0), 0)
+    return 1 if worst < 0 else worst

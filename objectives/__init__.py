@@ -1,9 +1,8 @@
-"""Fine-tuning objectives, one module per task, behind a small registry.
+"""Fine-tuning objectives: one ``Objective``, composed with a task, behind a small registry.
 
 The CLI looks a task up here and hands the built objective to the runner,
-which never imports this package. A new task is one module with a class
-taking a ``StudySpec`` (the objective) and a ``check(spec)`` function (cheap
-checks for ``hpo validate``), plus one line below.
+which never imports this package. A new task is one module exposing
+``TASK`` (inputs composed with a head, ``objectives.task``), plus one line below.
 """
 
 from __future__ import annotations
@@ -12,25 +11,25 @@ import importlib
 from typing import Any
 
 TASKS = {
-    "text-classification": "objectives.text_classification:TextClassification",
-    "text-regression": "objectives.text_regression:TextRegression",
-    "image-classification": "objectives.image_classification:ImageClassification",
+    "text-classification": "objectives.text_classification",
+    "text-regression": "objectives.text_regression",
+    "image-classification": "objectives.image_classification",
 }
 
 
-def _module_and_class(task: str):
-    module_name, class_name = TASKS[task].split(":")
-    module = importlib.import_module(module_name)
-    return module, getattr(module, class_name)
+def task_for(name: str):
+    return importlib.import_module(TASKS[name]).TASK
 
 
 def build(spec) -> Any:
     """The objective for the study's task, prepared (data read, model loaded)."""
-    _, cls = _module_and_class(spec.task)
-    return cls(spec)
+    from objectives.objective import Objective
+
+    return Objective(spec, task_for(spec.task))
 
 
 def check(spec) -> dict[str, Any]:
     """Cheap checks of model and data for ``hpo validate``; raises ObjectiveError."""
-    module, _ = _module_and_class(spec.task)
-    return module.check(spec)
+    from objectives.objective import check as check_objective
+
+    return check_objective(spec, task_for(spec.task))

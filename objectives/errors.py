@@ -6,5 +6,8 @@ them like spec errors: one line, exit code 2.
 """
 
 
-class ObjectiveError(ValueError):
+from hpo.errors import FatalTrialError
+
+
+class ObjectiveError(FatalTrialError, ValueError):
     """The data or model named in the study cannot be used."""

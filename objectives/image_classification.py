@@ -1,4 +1,4 @@
-"""Objective for ``task: image-classification``: a pretrained vision model (ResNet, ViT, ConvNeXt, ...).
+"""``task: image-classification``: a pretrained vision model (ResNet, ViT, ConvNeXt, ...).
 
 The model comes through ``AutoModelForImageClassification`` with its image
 processor (resize, crop, normalise as the checkpoint was trained); a new head
@@ -6,7 +6,7 @@ replaces the checkpoint's (an ImageNet head has 1,000 classes). Everything
 else is text classification's: data hygiene (duplicates and leaks found by
 image content), class weights, freezing (the stem plus the bottom k stages or
 blocks), the training loop, evaluation points, pruning and retraining. Only
-the batches differ: images are decoded per batch, lightly augmented in
+the inputs differ: images are decoded per batch, lightly augmented in
 training (random crop and horizontal flip, ``data.augment``), and handed to
 the processor.
 """
@@ -14,18 +14,16 @@ the processor.
 from __future__ import annotations
 
 import random
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from hpo.spec import StudySpec
-from objectives.classweights import class_weights
-from objectives.data import load_splits, count_test_leaks
+from hpo.spec import DataSpec
+from objectives.batching import label_tensor
+from objectives.heads import ClassificationHead
 from objectives.imagefiles import open_image
-from objectives.model import model_depth
-from objectives.text_classification import TextClassification, check_freeze_depth
-from objectives.training import label_tensor
+from objectives.task import Task
 
 # Random crops keep at least this share of each side: light enough not to cut the object away.
 MIN_CROP = 0.8
@@ -81,24 +79,20 @@ def augment(image):
     return image
 
 
-def check(spec: StudySpec) -> dict[str, Any]:
-    """Cheap checks for ``hpo validate``: depth from the model's config, local images read and checked."""
-    check_freeze_depth(spec, model_depth(spec.model, images=True))
-    if spec.data.source == "hub":
-        return {"data": "hub dataset: checked at launch"}
-    splits = load_splits(spec.data, spec.seed)
-    class_weights(spec.class_weights, splits.train["labels"], splits.label_names)
-    report = splits.report.as_dict()
-    report["test"] = count_test_leaks(spec.data, splits.train_keys)
-    return {"train": len(splits.train), "validation": len(splits.validation), "labels": splits.label_names, "data_report": report}
+@dataclass(frozen=True)
+class ImageInputs:
+    def auto_model(self):
+        from transformers import AutoModelForImageClassification
+
+        return AutoModelForImageClassification
+
+    def preprocessor(self, path: str):
+        from transformers import AutoImageProcessor
+
+        return AutoImageProcessor.from_pretrained(path)
+
+    def batches(self, dataset, preprocessor, data: DataSpec, *, training: bool) -> ImageBatcher:
+        return ImageBatcher(dataset, data.image_column, preprocessor, augment=training and data.augment)
 
 
-class ImageClassification(TextClassification):
-    images = True
-
-    def __init__(self, spec: StudySpec):
-        super().__init__(spec)
-        self.train.augment = spec.data.augment
-
-    def _batcher(self, dataset) -> ImageBatcher:
-        return ImageBatcher(dataset, self.spec.data.image_column, self.pretrained.tokenizer)
+TASK = Task("image-classification", ImageInputs(), ClassificationHead())

@@ -47,83 +47,66 @@ class Pretrained:
         return model
 
 
-def load_pretrained(model_name: str, label_names: list[str], *, regression: bool = False, images: bool = False) -> Pretrained:
-    """Load the preprocessor and the model with a new head, with errors that name the model.
+def load_pretrained(model_name: str, task, label_names: list[str]) -> Pretrained:
+    """Load the preprocessor and the model with the task's head, with errors that name the model.
 
     Text models come with their tokenizer, image models (ResNet, ViT,
     ConvNeXt, ...) with their image processor; either is kept in
-    ``Pretrained.tokenizer`` and saved beside a retrained model. A regression
-    head has one output and ``problem_type: regression``. A checkpoint whose
-    head has another number of classes (an ImageNet model) loads its body and
-    gets a new head.
+    ``Pretrained.tokenizer`` and saved beside a retrained model. A checkpoint
+    whose head has another shape (an ImageNet model, a regression checkpoint
+    turned classifier) loads its body and gets a new head.
     """
     import transformers
-    from transformers import (
-        AutoConfig,
-        AutoImageProcessor,
-        AutoModelForImageClassification,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-    )
+    from transformers import AutoConfig
 
     transformers.logging.set_verbosity_error()  # the "newly initialized head" notice is expected
     transformers.logging.disable_progress_bar()
     path = resolve(model_name)
-    auto_model = AutoModelForImageClassification if images else AutoModelForSequenceClassification
     try:
-        tokenizer = AutoImageProcessor.from_pretrained(path) if images else AutoTokenizer.from_pretrained(path)
-        config = _head_config(AutoConfig.from_pretrained(path), label_names, regression)
-        model, info = auto_model.from_pretrained(path, config=config, ignore_mismatched_sizes=True, output_loading_info=True)
+        preprocessor = task.inputs.preprocessor(path)
+        config = task.head.configure(AutoConfig.from_pretrained(path), label_names)
+        model, info = task.inputs.auto_model().from_pretrained(
+            path, config=config, ignore_mismatched_sizes=True, output_loading_info=True
+        )
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ObjectiveError(f"model: cannot load {model_name!r}: {first}") from None
-    if not images and tokenizer.pad_token is None:
-        # Decoder-only models (GPT-2, Llama) have no pad token; padding positions are masked anyway.
-        tokenizer.pad_token = tokenizer.eos_token
-        model.config.pad_token_id = tokenizer.pad_token_id
+    pad = getattr(preprocessor, "pad_token_id", None)
+    if pad is not None and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = pad  # decoder-only models pool the last non-pad token
     mismatched = [key if isinstance(key, str) else key[0] for key in info.get("mismatched_keys", [])]
     heads = {key.rsplit(".", 1)[0] for key in [*info["missing_keys"], *mismatched]}
-    return Pretrained(model=model.eval(), tokenizer=tokenizer, head_modules=sorted(heads), name=model_name)
+    return Pretrained(model=model.eval(), tokenizer=preprocessor, head_modules=sorted(heads), name=model_name)
 
 
-def _head_config(config, label_names: list[str], regression: bool):
-    """The checkpoint's config with our head: attributes set one by one, because a config
-    validates each change and a checkpoint trained for the other task would refuse the pair."""
-    if regression:
-        config.problem_type = "regression"
-        config.num_labels = 1
-        return config
-    config.problem_type = None  # the training loop decides the loss; a regression checkpoint becomes a classifier
-    config.num_labels = len(label_names)
-    config.id2label = dict(enumerate(label_names))
-    config.label2id = {name: i for i, name in enumerate(label_names)}
-    return config
-
-
-def model_depth(model_name: str, *, images: bool = False) -> int | None:
-    """Layer count from the config alone (a skeleton on the meta device, no weights).
-
-    Returns None when the config is not available without downloading, so
-    validating a hub example works offline; the launch checks again for real.
-    """
+def skeleton(model_name: str, task, label_names: list[str] | None = None):
+    """The model built from its config on the meta device (no weights, no memory), or None
+    when the config is not available without downloading, so validating a hub example works
+    offline; the launch checks again for real."""
     import torch
-    from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification
-
-    from objectives import freezing
+    from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(resolve(model_name), local_files_only=True)
     except (OSError, ValueError):
         return None
+    config = task.head.configure(config, label_names or ["0", "1"])
     with torch.device("meta"):
-        skeleton = (AutoModelForImageClassification if images else AutoModelForSequenceClassification).from_config(config)
-    return freezing.depth(skeleton)
+        return task.inputs.auto_model().from_config(config)
+
+
+def model_depth(model_name: str, task) -> int | None:
+    """Layer count from the config alone; None when the config is not on this machine."""
+    from objectives import freezing
+
+    built = skeleton(model_name, task)
+    return None if built is None else freezing.depth(built)
 
 
 # Config fields that name the body's dropout in the families we support
 # (BERT-likes and ViT: hidden/attention_probs; DistilBERT: dropout/attention_dropout;
 # GPT-2: resid/embd/attn_pdrop; Llama: attention_dropout).
-_DROPOUT_FIELDS = (
+DROPOUT_FIELDS = (
     "hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
     "resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout", "attention_dropout_prob",
 )
@@ -147,6 +130,6 @@ def set_dropout(model, probability: float | None) -> None:
         for name in ("dropout_prob", "attention_dropout"):
             if isinstance(getattr(module, name, None), float):
                 setattr(module, name, probability)
-    for name in _DROPOUT_FIELDS:
+    for name in DROPOUT_FIELDS:
         if isinstance(getattr(model.config, name, None), float):
             setattr(model.config, name, probability)

@@ -9,16 +9,21 @@ has finished choosing.
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from hpo.params import TrainingParams
-from objectives.training import EvalPoint, evaluate
+from objectives.config import Hooks
+from objectives.trial_notes import release_memory
+from objectives.training import EvalPoint
+
+if TYPE_CHECKING:
+    from objectives.objective import Objective
 
 log = logging.getLogger("objectives.retrain")
 
@@ -51,7 +56,8 @@ class _Progress:
 
 
 class _BestWeights:
-    """Keeps a CPU copy of the weights at the best validation point (retraining on train)."""
+    """Keeps a CPU copy of what training changes (trainable weights and buffers) at the best
+    validation point (retraining on train); a frozen base is not copied again and again."""
 
     def __init__(self, model: torch.nn.Module, metric: str, maximize: bool):
         self.model, self.metric, self.maximize = model, metric, maximize
@@ -62,32 +68,29 @@ class _BestWeights:
         value = point.metrics[self.metric]
         if self.value is None or (value > self.value if self.maximize else value < self.value):
             self.value = value
-            self.state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            changing = {n for n, p in self.model.named_parameters() if p.requires_grad}
+            changing |= {n for n, _ in self.model.named_buffers()}
+            self.state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items() if k in changing}
 
     def restore(self) -> None:
         if self.state is not None:
-            self.model.load_state_dict(self.state)
+            self.model.load_state_dict(self.state, strict=False)
 
 
-def _release_memory(objective) -> None:
-    gc.collect()
-    if objective.runtime.device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def validation_run(objective, params: TrainingParams, seed: int) -> EvalPoint:
+def validation_run(objective: Objective, params: TrainingParams, seed: int) -> EvalPoint:
     """The configuration trained on train with another seed; its best validation point."""
     model = objective.new_model(params, seed)
     progress = _Progress(f"seed {seed} on train", len(objective.train))
     try:
-        result = objective.train_model(model, params, seed, validation=objective.validation, on_batch=progress)
+        result = objective.train_model(model, params, seed, validation=objective.validation, hooks=Hooks(on_batch=progress))
     finally:
+        objective.release(model)
         del model
-        _release_memory(objective)
+        release_memory(objective.runtime)
     return result.best
 
 
-def retrain(objective, params: TrainingParams, seed: int, *, on: str, epochs: float, directory: Path) -> SeedResult:
+def retrain(objective: Objective, params: TrainingParams, seed: int, *, on: str, epochs: float, directory: Path) -> SeedResult:
     """Train one seed, test it, save it with its tokenizer and label mapping into ``directory``.
 
     On train + validation, training stops after ``epochs`` (the winner's best
@@ -101,25 +104,26 @@ def retrain(objective, params: TrainingParams, seed: int, *, on: str, epochs: fl
             train = type(objective.train).concat(objective.train, objective.validation)  # text or image batches
             limit = min(max(1, round(epochs * len(train))), len(train) * params.epochs)
             progress = _Progress(f"seed {seed} on train+validation", len(train))
-            result = objective.train_model(model, params, seed, train=train, max_examples=limit, on_batch=progress)
+            result = objective.train_model(model, params, seed, train=train, max_examples=limit, hooks=Hooks(on_batch=progress))
             kept = None
         else:
             train = objective.train
-            keeper = _BestWeights(model, objective.spec.metric, objective.spec.direction == "maximize")
+            evaluation = objective.eval_config()
+            keeper = _BestWeights(model, evaluation.metric, evaluation.maximize)
             progress = _Progress(f"seed {seed} on train", len(train))
             result = objective.train_model(
-                model, params, seed, validation=objective.validation, on_eval=keeper, on_batch=progress
+                model, params, seed, validation=objective.validation, hooks=Hooks(on_eval=keeper, on_batch=progress)
             )
             keeper.restore()
             kept = dict(result.best.metrics) if result.best else None
         # In full precision even where training ran in bf16 autocast: the recorded test score is then
         # exactly what the exported (fp32) model scores as users load it.
-        fp32 = replace(objective.runtime, autocast_dtype=None)
-        test = evaluate(model, objective.test, fp32, objective.spec.evaluation.batch_size, len(objective.label_names))
-        save(model, objective.pretrained.tokenizer, directory)
+        test = objective.evaluate(model, objective.test, fp32=True)
+        objective.save(model, directory)
     finally:
+        objective.release(model)
         del model
-        _release_memory(objective)
+        release_memory(objective.runtime)
     seen = result.best.examples if kept is not None and result.best else result.examples_seen
     return SeedResult(
         seed=seed,
@@ -130,10 +134,3 @@ def retrain(objective, params: TrainingParams, seed: int, *, on: str, epochs: fl
         epochs=round(seen / len(train), 4),
         seconds=round(time.perf_counter() - start, 2),
     )
-
-
-def save(model, tokenizer, directory: Path) -> None:
-    """``save_pretrained`` of model and tokenizer; the config carries id2label and label2id."""
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)

@@ -187,3 +187,24 @@ def launched_study(tmp_path_factory, tiny_model, tiny_data) -> Launched:
     result = hpo("launch", str(path), cwd=folder)
     assert result.returncode == 0, result.stderr
     return Launched(path=path, storage=storage, name="watched-study", folder=folder, result=result)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, tiny_model) -> Path:
+    """A 2-layer Llama-style decoder body (hidden 32) with the tiny BERT's tokenizer, saved like a hub
+    checkpoint: enough to check that adapters find a decoder's attention and MLP projections."""
+    import shutil
+
+    import torch
+    from transformers import BertTokenizerFast, LlamaConfig, LlamaModel
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (tiny_model / name).exists():
+            shutil.copy(tiny_model / name, folder / name)
+    vocab = len(BertTokenizerFast.from_pretrained(tiny_model))
+    config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0)
+    torch.manual_seed(0)
+    LlamaModel(config).save_pretrained(folder)
+    return folder

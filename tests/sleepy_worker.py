@@ -4,12 +4,17 @@ Budget, kill, outage, hang and queue tests are about processes and the
 database, not about models; a sleeping objective makes them fast and
 lets each test choose how long a trial lasts. Usage:
 
-    python sleepy_worker.py STUDY.yaml WORKER_INDEX SECONDS_PER_TRIAL [hang]
+    python sleepy_worker.py STUDY.yaml WORKER_INDEX SECONDS_PER_TRIAL [hang|native-hang]
+
+``hang`` loops in Python in trial 0 (the soft trial_timeout ends it);
+``native-hang`` also ignores SIGALRM there, as code that never returns to
+Python would, so only the hard limit (an exit with code 124) ends it.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import time
 
@@ -20,7 +25,8 @@ from hpo.spec import load_spec
 def main() -> int:
     spec = load_spec(sys.argv[1])
     index, seconds = int(sys.argv[2]), float(sys.argv[3])
-    hang = len(sys.argv) > 4 and sys.argv[4] == "hang"
+    mode = sys.argv[4] if len(sys.argv) > 4 else ""
+    hang = mode in ("hang", "native-hang")
     logging.basicConfig(level=logging.INFO, format=f"[w{index}] %(message)s")
 
     def objective(trial):
@@ -30,6 +36,8 @@ def main() -> int:
         for step in range(1, steps + 1):
             time.sleep(seconds / steps)
             trial.report(params.learning_rate * step, step=step)
+        if mode == "native-hang" and trial.number == 0:
+            signal.signal(signal.SIGALRM, signal.SIG_IGN)
         while hang and trial.number == 0:
             time.sleep(0.1)  # a deadlocked data loader, as far as anyone can tell
         print(f"finished trial {trial.number}", flush=True)

@@ -8,6 +8,7 @@ import optuna
 import pytest
 
 from conftest import hpo
+from hpo import optuna_compat as compat
 from dashboard_process import base, dashboard, request
 
 pytestmark = pytest.mark.slow
@@ -20,13 +21,13 @@ def _study(launched) -> optuna.Study:
 def test_dashboard_serves_the_launched_study(launched_study):
     study = _study(launched_study)
     with dashboard(launched_study.path, cwd=launched_study.folder) as (url, process, lines):
-        assert url.startswith("http://127.0.0.1:") and url.endswith(f"/dashboard/studies/{study._study_id}")
+        assert url.startswith("http://127.0.0.1:") and url.endswith(f"/dashboard/studies/{compat.study_id(study)}")
         assert "read-only" not in lines[0]  # loopback: the user's own machine may edit
         status, listing = request(base(url) + "/api/studies")
         assert status == 200
         names = {s["study_name"]: s for s in listing["study_summaries"]}
         assert launched_study.name in names
-        status, detail = request(base(url) + f"/api/studies/{study._study_id}")
+        status, detail = request(base(url) + f"/api/studies/{compat.study_id(study)}")
         assert status == 200
         assert detail["name"] == launched_study.name
         assert len(detail["trials"]) == len(study.trials) == 4
@@ -42,21 +43,21 @@ def test_dashboard_serves_the_launched_study(launched_study):
 def test_beyond_loopback_warns_and_refuses_every_change(launched_study):
     """Bound to every interface, the dashboard is read-only unless asked otherwise; pages still work."""
     study = _study(launched_study)
-    trial_id = study.trials[0]._trial_id
+    trial_id = compat.trial_id(study.trials[0])
     with dashboard(launched_study.path, "--host", "0.0.0.0", cwd=launched_study.folder) as (url, process, lines):
         assert "(read-only)" in lines[0]
         root = "http://127.0.0.1:" + base(url).rsplit(":", 1)[1]
         for method, path, body in [
             ("POST", f"/api/trials/{trial_id}/tell", {"state": "Fail"}),
             ("POST", f"/api/trials/{trial_id}/user-attrs", {"user_attrs": {"x": 1}}),
-            ("PUT", f"/api/studies/{study._study_id}/note", {"version": 99, "body": "changed"}),
-            ("DELETE", f"/api/studies/{study._study_id}", None),
+            ("PUT", f"/api/studies/{compat.study_id(study)}/note", {"version": 99, "body": "changed"}),
+            ("DELETE", f"/api/studies/{compat.study_id(study)}", None),
             ("POST", "/api/studies", {"study_name": "intruder", "directions": ["minimize"]}),
         ]:
             status, answer = request(root + path, method, body)
             assert status == 403, (method, path, answer)
             assert "read-only" in answer["reason"]
-        assert request(root + f"/api/studies/{study._study_id}")[0] == 200  # reading still works
+        assert request(root + f"/api/studies/{compat.study_id(study)}")[0] == 200  # reading still works
         assert request(root + "/dashboard")[0] == 200
         process.terminate()
         process.wait(timeout=20)

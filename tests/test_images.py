@@ -184,3 +184,20 @@ def test_stages_or_blocks_are_found_in_every_vision_family(family):
     freezing.freeze(model, 3)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(n.startswith("classifier") or ".encoder." not in n for n in trainable), trainable
+
+
+def test_vit_with_lora_adapters_on_its_attention(images, vision_models, tmp_path):
+    """The same adapter dimensions on a vision transformer: adapters land in its attention, the head trains."""
+    data = {"source": "imagefolder", "train": str(images / "train"), "validation": str(images / "validation")}
+    study = _study(vision_models["vit"], data, tmp_path, adapter={"type": "lora"})
+    study["search_space"] = {"learning_rate": 1.0e-2, "batch_size": 8, "epochs": 2, "lora_r": 4, "lora_target": "attention"}
+    path = tmp_path / "vit-lora.yaml"
+    path.write_text(yaml.safe_dump(study))
+    launched = hpo("launch", str(path), cwd=tmp_path)
+    assert launched.returncode == 0, launched.stderr
+    trials = optuna.load_study(study_name="pictures", storage=study["storage"]).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"], [t.user_attrs.get("fail_reason") for t in trials]
+    adapter = trials[0].user_attrs["adapter"]
+    # transformers 5 names them q/k/v/o_proj (4.x: attention.attention.query ... attention.output.dense)
+    assert set(adapter["target_modules"]) == {"attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj"}
+    assert adapter["trained_head_modules"] == ["classifier"]

@@ -15,7 +15,6 @@ from hpo.params import SCHEDULERS, TrainingParams
 from hpo.spec import parse_spec
 from objectives import build
 from objectives.model import set_dropout
-from objectives.training import task_loss
 
 from conftest import make_sentences, study_dict, write_csv
 
@@ -45,16 +44,16 @@ def test_class_weights_balanced_and_explicit_weigh_the_loss(tmp_path, tiny_model
     assert balanced.describe()["class_weights"] == balanced.class_weights
 
     # The weighted loss is the weighted mean of per-example losses, so the rare class counts more.
-    model = balanced.new_model(_params(), 0)
+    loss = balanced.task.head.loss
     logits = torch.tensor([[2.0, -1.0], [0.5, 0.5], [-1.0, 1.0]])
     labels = torch.tensor([0, 1, 1])
     weights = torch.tensor([3.0, 1.0])
     per_example = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     expected = (per_example * weights[labels]).sum() / weights[labels].sum()
-    assert float(task_loss(model, logits, labels, weights)) == pytest.approx(float(expected))
-    assert float(task_loss(model, logits, labels, weights)) != pytest.approx(float(task_loss(model, logits, labels)))
-    smoothed = float(task_loss(model, logits, labels, None, 0.2))
-    assert smoothed != pytest.approx(float(task_loss(model, logits, labels)))
+    assert float(loss(logits, labels, weights)) == pytest.approx(float(expected))
+    assert float(loss(logits, labels, weights)) != pytest.approx(float(loss(logits, labels)))
+    smoothed = float(loss(logits, labels, None, 0.2))
+    assert smoothed != pytest.approx(float(loss(logits, labels)))
 
     explicit = build(parse_spec(study_dict(tiny_model, files, class_weights={"neg": 4.0})))
     assert explicit.class_weights == [4.0, 1.0]

@@ -10,6 +10,7 @@ import yaml
 from optuna.trial import TrialState
 
 from conftest import FILLER, NEGATIVE, POSITIVE, hpo, study_dict, write_csv
+from hpo.retrain import recorded
 
 pytestmark = pytest.mark.slow
 
@@ -62,8 +63,8 @@ def test_regression_launches_and_reports_every_metric(tmp_path, tiny_model, regr
 
     retrained = hpo("retrain", str(path), "--seeds", "0", cwd=tmp_path)
     assert retrained.returncode == 0, retrained.stderr
-    record = optuna.load_study(study_name="sts", storage=study["storage"]).user_attrs["retrain"]
-    assert "spearman" in str(record) and "rmse" in str(record), record
+    record = recorded(optuna.load_study(study_name="sts", storage=study["storage"]))
+    assert {"spearman", "rmse"} <= set(record.test.mean), record.test
 
 
 def test_non_numeric_label_is_a_user_error(tmp_path, tiny_model, regression_files):
@@ -95,3 +96,25 @@ def test_a_stalled_regression_trial_is_pruned_on_rmse(tmp_path, tiny_model, regr
     run_worker(spec, build(spec), WorkerOptions())
     trials = optuna.load_study(study_name=spec.name, storage=spec.storage).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED], [t.intermediate_values for t in trials]
+
+
+def test_a_lora_regression_study_trains_its_one_output_head(tmp_path, tiny_model, regression_files):
+    """Adapters on the regression task: the one-output head trains in full beside the adapter."""
+    from hpo.runner import WorkerOptions, run_worker
+    from hpo.spec import parse_spec
+    from objectives import build
+
+    study = study_dict(tiny_model, regression_files, task="text-regression", n_trials=2, adapter={"type": "lora"},
+                       storage=f"sqlite:///{tmp_path / 'hpo.db'}", sampler={"type": "random"}, pruner={"type": "none"})
+    study["data"]["label_column"] = "score"
+    study["search_space"] = {"learning_rate": {"low": 5e-3, "high": 2e-2}, "batch_size": 16, "epochs": 2,
+                             "lora_r": {"choices": [4, 8]}, "lora_target": "all-linear"}
+    spec = parse_spec(study)
+    objective = build(spec)
+    run_worker(spec, objective, WorkerOptions())
+    trials = optuna.load_study(study_name=spec.name, storage=spec.storage).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2, [t.user_attrs.get("fail_reason") for t in trials]
+    for trial in trials:
+        assert trial.user_attrs["adapter"]["trained_head_modules"] == ["classifier"]
+    assert max(t.user_attrs["best_metrics"]["r2"] for t in trials) > 0, "better than predicting the mean"
+    assert objective.pretrained.model.classifier.out_features == 1

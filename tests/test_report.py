@@ -11,6 +11,7 @@ from PIL import Image
 
 from conftest import hpo, write_csv
 from hpo.fmt import cell
+from hpo.retrain import recorded
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +33,7 @@ def test_report_writes_html_and_valid_images(launched_study, tmp_path):
     retrained = hpo("retrain", str(launched_study.path), "--storage", storage, "--seeds", "0", "1", cwd=tmp_path)
     assert retrained.returncode == 0, retrained.stderr
     study = optuna.load_study(study_name=launched_study.name, storage=storage)
-    test = study.user_attrs["retrain"]["test"]
+    test = recorded(study).test
     out = tmp_path / "report"
     result = hpo("report", str(launched_study.path), "--storage", storage, "-o", str(out), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -44,8 +45,8 @@ def test_report_writes_html_and_valid_images(launched_study, tmp_path):
     assert f"<h1>{launched_study.name}</h1>" in html
     assert f"Trial <b>#{best.number}</b>" in html and f"{best.value:.4f}" in html
     assert "Top trials" in html and html.count('<tr class="best">') == 1
-    assert "Test results" in html and f"({test['examples']} examples)" in html and "with 2 seeds" in html
-    assert f"<td>accuracy</td><td class=\"num\">{cell(test['mean']['accuracy'])}</td>" in html
+    assert "Test results" in html and f"({test.examples} examples)" in html and "with 2 seeds" in html
+    assert f"<td>accuracy</td><td class=\"num\">{cell(test.mean['accuracy'])}</td>" in html
     assert str(tmp_path) not in html  # where the model was saved stays off a shared page
     assert "hpo.db" not in html and "sqlite" not in html  # a shared report does not name the database
     linked = re.findall(r'<img src="([^"]+)"', html)

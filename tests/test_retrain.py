@@ -13,6 +13,7 @@ import json
 import os
 import resource
 import shutil
+import sqlite3
 import stat
 import statistics
 import subprocess
@@ -26,7 +27,8 @@ import yaml
 from optuna.trial import TrialState
 
 from conftest import hpo, study_dict, write_csv
-from hpo.retrain import Candidate, Run, pick
+from hpo.records import TrainedOn
+from hpo.retrain import Candidate, Run, pick, recorded
 from hpo.spec import load_spec
 
 pytestmark = pytest.mark.slow
@@ -83,53 +85,54 @@ def retrained(tmp_path_factory, tiny_model, tiny_data) -> Retrained:
 
 def test_retrain_records_the_winner_and_its_test_results(retrained):
     study = retrained.study()
-    record = study.user_attrs["retrain"]
+    record = recorded(study)
     complete = sorted((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
 
     # Top-2 re-evaluation: the two best trials, the trial itself as seed 0, one more run with seed 1.
-    assert [c["trial"] for c in record["selection"]] == [t.number for t in complete[:2]]
-    for candidate, trial in zip(record["selection"], complete):
-        assert [(r["seed"], r["from_search"]) for r in candidate["runs"]] == [(0, True), (1, False)]
-        assert candidate["runs"][0]["value"] == trial.value
-        assert candidate["mean"] == pytest.approx(statistics.fmean(r["value"] for r in candidate["runs"]))
-    best_mean = max(record["selection"], key=lambda c: c["mean"])
-    assert record["winner"]["trial"] == best_mean["trial"]
+    assert [c.trial for c in record.selection] == [t.number for t in complete[:2]]
+    for candidate, trial in zip(record.selection, complete):
+        assert [(r.seed, r.from_search) for r in candidate.runs] == [(0, True), (1, False)]
+        assert candidate.runs[0].value == trial.value
+        assert candidate.mean == pytest.approx(statistics.fmean(r.value for r in candidate.runs))
+    best_mean = max(record.selection, key=lambda c: c.mean)
+    assert record.winner.trial == best_mean.trial
 
     # Retrained on train + validation (160 + 48), stopping at the winner's best point.
-    assert record["trained_on"] == {"split": "train+validation", "examples": 208}
-    assert [s["seed"] for s in record["seeds"]] == [0, 1]
-    stop = round(record["winner"]["best_epoch"] * 208)
-    for seed in record["seeds"]:
-        assert stop <= seed["examples_seen"] < stop + record["winner"]["training_params"]["batch_size"]
-        assert set(seed["test"]) >= {"accuracy", "f1", "loss"}
-    accuracies = [s["test"]["accuracy"] for s in record["seeds"]]
-    assert record["test"]["examples"] == 48
-    assert record["test"]["mean"]["accuracy"] == pytest.approx(statistics.fmean(accuracies))
-    assert record["test"]["std"]["accuracy"] == pytest.approx(statistics.stdev(accuracies))
-    assert record["test"]["mean"]["accuracy"] >= 0.75, record["seeds"]  # the task is learnable
-    assert record["model"]["seed"] in (0, 1)
-    assert Path(record["model"]["path"]) == retrained.folder / "retrained" / "winner" / "model"
+    assert record.trained_on == TrainedOn(split="train+validation", examples=208)
+    assert [s.seed for s in record.seeds] == [0, 1]
+    stop = round(record.winner.best_epoch * 208)
+    for seed in record.seeds:
+        assert stop <= seed.examples_seen < stop + record.winner.training_params["batch_size"]
+        assert set(seed.test) >= {"accuracy", "f1", "loss"}
+    accuracies = [s.test["accuracy"] for s in record.seeds]
+    assert record.test.examples == 48
+    assert record.test.mean["accuracy"] == pytest.approx(statistics.fmean(accuracies))
+    assert record.test.std["accuracy"] == pytest.approx(statistics.stdev(accuracies))
+    assert record.test.mean["accuracy"] >= 0.75, record.seeds  # the task is learnable
+    assert record.model.seed in (0, 1)
+    assert Path(record.model.path) == retrained.folder / "retrained" / "winner" / "model"
+    assert study.user_attrs["retrain"]["schema_version"] == 1
     assert study.user_attrs["retrain_summary"].startswith("accuracy ")
 
     # What the user saw: progress on stderr, tables on stdout.
     assert "retraining seed 1 (2 of 2) on train+validation" in retrained.retrain.stderr
     assert "examples seen" in retrained.retrain.stderr and "epoch" in retrained.retrain.stderr
     out = retrained.retrain.stdout
-    assert f"*#{record['winner']['trial']}" in out
+    assert f"*#{record.winner.trial}" in out
     assert any(line.startswith("mean ") for line in out.splitlines()) and "std" in out
 
 
 def test_status_shows_the_retrain(retrained):
     result = hpo("status", str(retrained.path), cwd=retrained.folder)
     assert result.returncode == 0, result.stderr
-    record = retrained.study().user_attrs["retrain"]
-    assert f"retrain winner #{record['winner']['trial']}" in result.stdout
-    assert f"accuracy {record['test']['mean']['accuracy']:.4f} ± {record['test']['std']['accuracy']:.4f}" in result.stdout
+    record = recorded(retrained.study())
+    assert f"retrain winner #{record.winner.trial}" in result.stdout
+    assert f"accuracy {record.test.mean['accuracy']:.4f} ± {record.test.std['accuracy']:.4f}" in result.stdout
 
 
 def test_retrain_again_with_the_same_settings_adds_nothing(retrained):
     before = retrained.study()
-    model = Path(before.user_attrs["retrain"]["model"]["path"])
+    model = Path(recorded(before).model.path)
     files = _tree(model)
     again = hpo("retrain", str(retrained.path), "--top-k", "2", "--seeds", "0", "1", cwd=retrained.folder)
     assert again.returncode == 0, again.stderr
@@ -138,6 +141,25 @@ def test_retrain_again_with_the_same_settings_adds_nothing(retrained):
     assert after.user_attrs == before.user_attrs
     assert len(after.trials) == len(before.trials) == 3
     assert _tree(model) == files
+
+
+def test_a_retrain_record_of_another_hpo_version_is_refused_in_one_line(retrained, tmp_path):
+    """Export and retrain refuse it naming the remedy; status still shows the trials; --force replaces it."""
+    with sqlite3.connect(retrained.folder / "hpo.db") as source, sqlite3.connect(tmp_path / "hpo.db") as copy:
+        source.backup(copy)  # the write-ahead log included
+    storage = f"sqlite:///{tmp_path / 'hpo.db'}"
+    study = optuna.load_study(study_name="winner", storage=storage)
+    study.set_user_attr("retrain", {**study.user_attrs["retrain"], "schema_version": 7})
+    why = "study attribute 'retrain' was written by another hpo version (schema_version 7; this hpo reads 1): run `hpo retrain --force`"
+    _one_line_error(hpo("export", str(retrained.path), "--storage", storage, "-o", str(tmp_path / "out"), cwd=tmp_path), why)
+    assert not (tmp_path / "out").exists()
+    _one_line_error(hpo("retrain", str(retrained.path), "--storage", storage, cwd=tmp_path), why)
+    status = hpo("status", str(retrained.path), "--storage", storage, cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert f"retrain {why}" in status.stdout and "best    #" in status.stdout
+    forced = hpo("retrain", str(retrained.path), "--storage", storage, "--force", "--top-k", "1", "--seeds", "0", cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    assert recorded(optuna.load_study(study_name="winner", storage=storage)).plan.seeds == [0]
 
 
 def test_export_folder_reproduces_the_recorded_test_metric(retrained, tmp_path):
@@ -153,7 +175,7 @@ def test_export_folder_reproduces_the_recorded_test_metric(retrained, tmp_path):
     os.umask(umask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask  # as mkdir makes it, not owner-only
     assert stat.S_IMODE((out / "best.yaml").stat().st_mode) == 0o666 & ~umask
-    record = retrained.study().user_attrs["retrain"]
+    record = recorded(retrained.study())
 
     # model/ loads with the Auto classes and scores the test split exactly as recorded.
     tokenizer = AutoTokenizer.from_pretrained(out / "model")
@@ -165,27 +187,27 @@ def test_export_folder_reproduces_the_recorded_test_metric(retrained, tmp_path):
         logits = model(**tokenizer([r["text"] for r in rows], padding=True, truncation=True, max_length=32, return_tensors="pt")).logits
     predicted = [model.config.id2label[int(i)] for i in logits.argmax(-1)]
     accuracy = sum(p == r["label"] for p, r in zip(predicted, rows)) / len(rows)
-    kept = next(s for s in record["seeds"] if s["seed"] == record["model"]["seed"])
-    assert accuracy == pytest.approx(kept["test"]["accuracy"], abs=1e-9)
+    kept = next(s for s in record.seeds if s.seed == record.model.seed)
+    assert accuracy == pytest.approx(kept.test["accuracy"], abs=1e-9)
 
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["winner_trial"] == record["winner"]["trial"]
-    assert metrics["test"]["mean"] == record["test"]["mean"] and len(metrics["test"]["per_seed"]) == 2
+    assert metrics["winner_trial"] == record.winner.trial
+    assert metrics["test"]["mean"] == record.test.mean and len(metrics["test"]["per_seed"]) == 2
     assert len(metrics["validation"]["selection"]) == 2
 
     args = json.loads((out / "training_args.json").read_text())
     assert set(args["training_arguments"]) <= {f.name for f in fields(TrainingArguments)}
-    winner = next(t for t in retrained.study().trials if t.number == record["winner"]["trial"])
+    winner = next(t for t in retrained.study().trials if t.number == record.winner.trial)
     assert args["training_arguments"]["learning_rate"] == winner.params["learning_rate"]
     assert args["training_arguments"]["per_device_train_batch_size"] == winner.params["batch_size"]
-    assert args["training_arguments"]["num_train_epochs"] == record["winner"]["best_epoch"]
+    assert args["training_arguments"]["num_train_epochs"] == record.winner.best_epoch
     assert args["freeze_depth"] == winner.params["freeze_depth"]
     assert args["training_arguments"].get("bf16", False) == (winner.user_attrs["precision"] == "bf16")
 
     card = (out / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\n")
     assert f"trial #{winner.number}" in card and "train+validation" in card
-    assert f"{record['test']['mean']['accuracy']:.4f} ± {record['test']['std']['accuracy']:.4f}" in card
+    assert f"{record.test.mean['accuracy']:.4f} ± {record.test.std['accuracy']:.4f}" in card
     assert "3 completed, 0 pruned, 0 failed" in card
 
     # best.yaml validates, and launching it reproduces the winner's validation score.
@@ -285,12 +307,12 @@ def test_retrain_on_train_keeps_each_seeds_best_point_on_postgres(make_study, tm
     assert result.returncode == 0, result.stderr
     study = optuna.load_study(study_name=yaml.safe_load(path.read_text())["name"], storage=postgres_url)
     try:
-        record, trial = study.user_attrs["retrain"], study.best_trial
-        seed = record["seeds"][0]
-        assert record["trained_on"] == {"split": "train", "examples": 160}
-        assert seed["validation"]["accuracy"] == pytest.approx(trial.value, abs=1e-6)
-        assert seed["examples_seen"] == trial.user_attrs["best_examples"]
-        assert record["test"]["std"]["accuracy"] == 0.0
+        record, trial = recorded(study), study.best_trial
+        seed = record.seeds[0]
+        assert record.trained_on == TrainedOn(split="train", examples=160)
+        assert seed.validation["accuracy"] == pytest.approx(trial.value, abs=1e-6)
+        assert seed.examples_seen == trial.user_attrs["best_examples"]
+        assert record.test.std["accuracy"] == 0.0
         export = hpo("export", str(path), "-o", str(tmp_path / "out"), cwd=tmp_path)
         assert export.returncode == 0, export.stderr
         metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())

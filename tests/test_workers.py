@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 
 from conftest import hpo
 from hpo.errors import UserError
+from hpo.records import LostResults
 from hpo.workers import parse_gpus, plan
 
 pytestmark = pytest.mark.slow
@@ -291,8 +292,8 @@ def test_a_result_finished_after_its_trial_was_declared_dead_is_kept(tmp_path):
     codes = finish([frozen, other])
     assert codes == [0, 0]
     spec = yaml.safe_load(study.read_text())
-    kept = optuna.load_study(study_name=spec["name"], storage=spec["storage"]).user_attrs["lost_results"]
-    assert "0" in kept and kept["0"]["value"] > 0
+    kept = LostResults.of(optuna.load_study(study_name=spec["name"], storage=spec["storage"])).trials
+    assert 0 in kept and kept[0].value > 0
     assert len(finished(trials(study))) == 2
 
 

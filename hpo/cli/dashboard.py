@@ -6,7 +6,7 @@ import argparse
 import errno
 import sys
 
-from hpo import dashboard, storage
+from hpo import dashboard, optuna_compat, storage
 from hpo.cli import common
 from hpo.cli.status import load_existing
 from hpo.errors import UserError
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     port = server.server_address[1]
     print(f"optuna-dashboard for {spec.name} on {storage.mask_url(spec.storage)}"
           f"{' (read-only)' if read_only else ''}", flush=True)
-    print(f"open {dashboard.url(args.host, port, f'/dashboard/studies/{study._study_id}')}  (Ctrl-C stops it)", flush=True)
+    print(f"open {dashboard.url(args.host, port, f'/dashboard/studies/{optuna_compat.study_id(study)}')}  (Ctrl-C stops it)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -22,7 +22,19 @@ def add_parser(sub) -> None:
         "-o", "--output", required=True,
         help="a folder for the whole export (exports/demo), or a file ending .yaml for the study file alone (best.yaml)",
     )
+    parser.add_argument(
+        "--merge", action="store_true",
+        help="adapter studies: also write merged/, the adapter folded into its base (loads with the Auto classes, no PEFT)",
+    )
     parser.set_defaults(handler=run)
+
+
+def _merger(spec, study):
+    """The objective's merge, wired here: the search side never imports the model code."""
+    from objectives.merging import merge_adapter
+
+    label_names = study.user_attrs.get("label_names") or []
+    return lambda adapter_dir, out_dir: merge_adapter(spec, label_names, adapter_dir, out_dir)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,11 +46,12 @@ def run(args: argparse.Namespace) -> int:
         atomic.write_text(output, export.best_yaml(spec, winner))
         print(f"wrote {output}")
         return 0
-    model = export.export_folder(output, spec, study, winner)
-    names = ", ".join(export.ENTRIES[:-1])
+    model = export.export_folder(output, spec, study, winner, _merger(spec, study) if args.merge else None)
+    names = ", ".join(export.ENTRIES[:4])
     if model is None:
         print(f"wrote {output}: {names}")
         print(f"no model exists yet: run `hpo retrain {args.study}` to retrain and test the winner, then export again")
     else:
-        print(f"wrote {output}: {names}, model/ (trial #{winner.trial.number}, seed {winner.record['model']['seed']})")
+        merged = ", merged/" if args.merge else ""
+        print(f"wrote {output}: {names}, model/{merged} (trial #{winner.trial.number}, seed {winner.record.model.seed})")
     return 0

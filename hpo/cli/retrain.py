@@ -42,10 +42,10 @@ def run(args: argparse.Namespace) -> int:
     spec = with_overrides(common.load(args), args)
     study = load_existing(spec)
     plan = retrain.make_plan(study, spec)  # no completed trial: exit 2 before anything is loaded
-    done = retrain.still_valid(study, plan)
-    if done and not args.force:
+    done = None if args.force else retrain.still_valid(study, plan)  # --force replaces even a record it cannot read
+    if done:
         print(retrain.report(done))
-        print(f"\nalready retrained with these settings on {done['finished_at']}; nothing to do (--force retrains again)")
+        print(f"\nalready retrained with these settings on {done.finished_at}; nothing to do (--force retrains again)")
         return 0
     import objectives  # the edge is the one place that wires the objective to the search
 

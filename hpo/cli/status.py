@@ -54,7 +54,10 @@ def study_report(spec: StudySpec, top: int = 5) -> str:
             for t in top_trials[:top]
         ]
         lines += ["", common.table(["#", spec.metric, *spec.searched, "seconds"], rows)]
-    retrained = retrain.status_lines(retrain.recorded(study))
+    try:
+        retrained = retrain.status_lines(retrain.recorded(study))
+    except UserError as exc:  # a record of another hpo version: say so, and still show the trials
+        retrained = [f"retrain {exc}"]
     if retrained:
         lines += [""] + retrained
     running = [t for t in trials if t.state == TrialState.RUNNING]

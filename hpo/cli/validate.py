@@ -47,6 +47,7 @@ def summary(spec: StudySpec) -> str:
         f"metric    {spec.metric} ({spec.direction})",
         f"sampler   {spec.sampler.type} {common.format_params(spec.sampler.options)}".rstrip(),
         f"pruner    {spec.pruner.type} {common.format_params(spec.pruner.options)}".rstrip(),
+        f"adapter   {spec.adapter.type}" + ("" if spec.adapter.type == "none" else " (base frozen and loaded once per worker; head trains)"),
         "",
         common.table(
             ["dimension", "searched as"],
@@ -65,9 +66,14 @@ def run(args: argparse.Namespace) -> int:
         changed = preflight.check_resume(spec)  # what launch would refuse, refused here too
     facts = dict(preflight.check_objective(spec))
     report = facts.pop("data_report", None)
+    adapter = facts.pop("adapter_table", None)
     print(summary(spec))
     print()
     print("checked   " + common.format_params(facts))
+    if adapter:
+        print()
+        print(f"trainable parameters with adapter {spec.adapter.type} (smallest and largest lora_r, head included):")
+        print(common.table(["lora_target", "lora_r", "trainable", "% of model"], adapter))
     if report:
         print()
         print(format_report(report))
