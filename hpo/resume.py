@@ -10,7 +10,7 @@ rank one metric as another and no best trial lies outside the space.
 
 The stored spec is the study's ``spec`` user attribute, written by every
 launch (see hpo/cli/launch.py ``study_attributes``); it is read here with one
-SELECT, before anything is written.
+SELECT on Optuna's tables (hpo/optuna_compat.py), before anything is written.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import json
 from pathlib import PurePath
 from typing import Any
 
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, inspect
 from sqlalchemy.exc import SQLAlchemyError
 
-from hpo import storage
+from hpo import optuna_compat, storage
 from hpo.errors import StorageError
 from hpo.spec import StudySpec
 
@@ -56,15 +56,9 @@ def stored_spec(url: str, study_name: str) -> dict[str, Any] | None:
     engine = create_engine(parsed)
     try:
         with engine.connect() as conn:
-            if not inspect(conn).has_table("study_user_attributes"):
+            if not inspect(conn).has_table(optuna_compat.STUDY_USER_ATTRS_TABLE):
                 return None
-            row = conn.execute(
-                text(
-                    "SELECT a.value_json FROM studies s JOIN study_user_attributes a ON a.study_id = s.study_id "
-                    "WHERE s.study_name = :name AND a.key = 'spec'"
-                ),
-                {"name": study_name},
-            ).first()
+            row = conn.execute(optuna_compat.study_user_attr_select(study_name, "spec")).first()
     except SQLAlchemyError as exc:
         raise StorageError(f"storage: cannot read {storage.mask_url(url)}: {storage.first_line(exc)}") from None
     finally:
