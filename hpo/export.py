@@ -81,6 +81,10 @@ def _transformers_major() -> int | None:
         return None
 
 
+def ran_on_cpu(trial: FrozenTrial) -> bool:
+    return str(trial.user_attrs.get("device", "")).split(":")[0] == "cpu"
+
+
 def training_arguments(spec: StudySpec, winner: Winner) -> dict[str, Any]:
     """The winner as ``TrainingArguments(output_dir=..., **doc["training_arguments"])`` plus what Trainer lacks."""
     params = retrain.params_of(spec, winner.trial)
@@ -108,6 +112,12 @@ def training_arguments(spec: StudySpec, winner: Winner) -> dict[str, Any]:
     }
     if winner.trial.user_attrs.get("precision") == "bf16":  # the search picked bf16 autocast on this hardware
         arguments["bf16"] = True
+    if ran_on_cpu(winner.trial):
+        # Where the search ran: TrainingArguments refuses bf16 on a host without a GPU unless told to use the CPU.
+        arguments["use_cpu"] = True
+        notes.append("the search ran on a CPU" + (" in bf16 autocast" if arguments.get("bf16") else "")
+                     + ": use_cpu reproduces it there; on a GPU remove use_cpu"
+                     + (" and keep bf16 only where the GPU supports it (Ampere or newer)" if arguments.get("bf16") else ""))
     if major is not None and major >= 5:  # TrainingArguments renamed these in transformers 5
         arguments["warmup_steps"] = params.warmup_ratio  # a float below 1 is a ratio of the steps
         arguments["train_sampling_strategy"] = "group_by_length" if spec.data.group_by_length else "random"

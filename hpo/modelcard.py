@@ -137,6 +137,10 @@ def _training(spec: StudySpec, trial: FrozenTrial, record: RetrainRecord | None)
                   "layers frozen. AdamW without decay on biases and norms, warmup then decay, padding per batch."]
     lines += [
               "`training_args.json` has the same settings as `transformers.TrainingArguments` keyword arguments."]
+    if str(trial.user_attrs.get("device", "")).split(":")[0] == "cpu":
+        bf16 = trial.user_attrs.get("precision") == "bf16"
+        lines[-1] += (f" They reproduce the search where it ran, on a CPU (`use_cpu: true`{', bf16 autocast' if bf16 else ''}); "
+                      f"on a GPU remove `use_cpu`{' and keep `bf16: true` only if the GPU supports bf16 (Ampere or newer)' if bf16 else ''}.")
     return lines
 
 

@@ -89,3 +89,16 @@ def cache_backend_calls() -> set[str]:
 
 # Seams hpo overrides in its RDBStorage subclass; the compat test checks their signatures.
 PREPARED_NEW_TRIAL = "_get_prepared_new_trial"  # (self, study_id, template_trial, session) -> TrialModel
+
+
+def study_user_attr_select(study_name: str, key: str):
+    """A SELECT of one study user attribute's JSON text by study name: read without an RDBStorage,
+    which would create or upgrade the schema (a check before anything is written must not)."""
+    from sqlalchemy import select
+
+    attrs, studies = rdb_models.StudyUserAttributeModel, rdb_models.StudyModel
+    return (select(attrs.value_json).join(studies, studies.study_id == attrs.study_id)
+            .where(studies.study_name == study_name, attrs.key == key))
+
+
+STUDY_USER_ATTRS_TABLE = rdb_models.StudyUserAttributeModel.__tablename__

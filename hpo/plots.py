@@ -97,6 +97,15 @@ def _seconds(trial: optuna.trial.FrozenTrial) -> float:
     return float(trial.user_attrs.get("wall_seconds") or float("nan"))
 
 
+def _curves_caption(spec: StudySpec) -> str:
+    """Says what the curves plot: what trials report (the pruner's metric), which may not be what ranks them."""
+    reported = spec.pruning_metric
+    ranked = "" if reported == spec.metric else (
+        f" (what trials report and the pruner judges; trials are ranked by validation {spec.metric})")
+    return (f"Validation {reported}{ranked} against training examples seen, so batch sizes line up. "
+            "Pruned trials are dashed, with a cross where the pruner stopped them.")
+
+
 def figures(spec: StudySpec) -> list[tuple[str, str, str, Callable[[optuna.Study], object]]]:
     """(file, title, caption, draw) for every figure the report wants."""
     from optuna.visualization import matplotlib as ovm
@@ -106,10 +115,7 @@ def figures(spec: StudySpec) -> list[tuple[str, str, str, Callable[[optuna.Study
     items = [
         ("history.png", "Optimization history", f"Each complete trial's {metric} and the best so far, by trial number.",
          lambda s: ovm.plot_optimization_history(s, target_name=metric)),
-        ("learning_curves.png", "Learning curves",
-         f"Validation {metric} against training examples seen, so batch sizes line up. "
-         "Pruned trials are dashed, with a cross where the pruner stopped them.",
-         lambda s: learning_curves(s, spec)),
+        ("learning_curves.png", "Learning curves", _curves_caption(spec), lambda s: learning_curves(s, spec)),
         ("importances.png", "Parameter importances", f"How much of the variation in {metric} each parameter explains (Optuna's default evaluator).",
          lambda s: ovm.plot_param_importances(s, params=searched or None, target_name=metric)),
         ("parallel_coordinates.png", "Parallel coordinates", f"Every complete trial's parameters, coloured by {metric}.",
@@ -128,6 +134,14 @@ def figures(spec: StudySpec) -> list[tuple[str, str, str, Callable[[optuna.Study
     return items
 
 
+def retitle(axes, title: str) -> None:
+    """Our title in place of Optuna's, which are generic ("Slice Plot") and sometimes on the left, where
+    setting the usual (centre) title would leave both ("Hyperparameter Importances" over ours)."""
+    for loc in ("left", "right"):
+        axes.set_title("", loc=loc)
+    axes.set_title(title)
+
+
 def draw_all(study: optuna.Study, spec: StudySpec, folder: Path) -> list[Figure]:
     """Draw every figure it can; a figure that cannot be drawn (too few trials) is listed with its reason."""
     plt = _pyplot()
@@ -137,7 +151,7 @@ def draw_all(study: optuna.Study, spec: StudySpec, folder: Path) -> list[Figure]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Optuna's "experimental" notes and empty-plot warnings
                 axes = _first_axes(draw(study))
-            axes.set_title(title)  # Optuna's are generic ("Slice Plot")
+            retitle(axes, title)
             fig = axes.figure
             fig.set_size_inches(max(fig.get_figwidth(), 8), max(fig.get_figheight(), 4.8))
             path = folder / file

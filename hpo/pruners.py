@@ -11,12 +11,12 @@ pruner judges it through ``_Oriented``.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import optuna
 
 from hpo.errors import SpecError
+from hpo.options import problems as check_options
 from hpo.spec import METRICS, StudySpec
 
 
@@ -90,17 +90,13 @@ def build_pruner(spec: StudySpec):
 
 def _build(spec: StudySpec):
     cls = _classes()[spec.pruner.type]
-    accepted = set(inspect.signature(cls).parameters) - {"self"}
     options = spec.pruner.options
-    unknown = [k for k in options if k not in accepted]
-    if unknown:
-        names = ", ".join(sorted(accepted)) or "none"
-        raise SpecError(
-            "study file", [f"pruner.{k}: is not an option of {cls.__name__} (options: {names})" for k in unknown]
-        )
+    problems = check_options("pruner", cls, options)
+    if problems:
+        raise SpecError("study file", problems)
     try:
         if cls is optuna.pruners.SuccessiveHalvingPruner and "min_resource" not in options:
             return HalvingFromFirstPoint(**options)
         return cls(**options)
     except (TypeError, ValueError) as exc:
-        raise SpecError("study file", [f"pruner: {exc}"]) from None
+        raise SpecError("study file", [f"pruner: {cls.__name__} refuses these options: {exc}"]) from None

@@ -32,8 +32,11 @@ CSS = """
 body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; padding: 0 1rem; }
 h1 { margin-bottom: 0.2rem; } .sub { color: #666; margin-top: 0; }
 table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.92rem; }
-th, td { border-bottom: 1px solid #ddd; padding: 0.3rem 0.7rem; text-align: left; white-space: nowrap; }
-th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.3rem 0.7rem; text-align: left; overflow-wrap: anywhere; }
+th { background: #f4f4f4; vertical-align: bottom; overflow-wrap: normal; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.scroll { max-width: 100%; overflow-x: auto; }  /* a table wider than the page scrolls by itself; the page does not */
+table.top { font-size: 0.82rem; } table.top th { white-space: normal; } table.top th, table.top td { padding: 0.25rem 0.4rem; }
 tr.best td { background: #eefbe9; font-weight: 600; }
 figure { margin: 1.5rem 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.9rem; } .skipped { color: #888; }
@@ -47,7 +50,7 @@ def _e(value: Any) -> str:
 
 
 def _table(headers: list[str], rows: Iterable[list[Any]], classes: list[str] | None = None, css: str = "") -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    head = "".join(f"<th>{_e(h).replace('_', '_<wbr>')}</th>" for h in headers)  # long knob names may break
     body = []
     for i, row in enumerate(rows):
         cls = f' class="{classes[i]}"' if classes and classes[i] else ""
@@ -56,7 +59,7 @@ def _table(headers: list[str], rows: Iterable[list[Any]], classes: list[str] | N
             for v in row
         )
         body.append(f"<tr{cls}>{cells}</tr>")
-    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return f'<div class="scroll"><table class="{css}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
 def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -106,7 +109,7 @@ def _top_trials(spec: StudySpec, study: optuna.Study) -> str:
     if not top:
         return "<p>No complete trials.</p>"
     searched = list(spec.searched)
-    headers = ["rank", "#", spec.metric, *searched, "best at examples", "seconds", "examples/s", "trainable", "peak MB"]
+    headers = ["rank", "#", spec.metric, *searched, "best at examples", "seconds", "examples /s", "trainable", "peak MB"]
     rows = []
     for rank, t in enumerate(top, 1):
         a = t.user_attrs
@@ -115,7 +118,7 @@ def _top_trials(spec: StudySpec, study: optuna.Study) -> str:
             rank, t.number, t.value, *[t.params.get(k) for k in searched], a.get("best_examples"), a.get("wall_seconds"),
             a.get("examples_per_second"), f"{fraction:.1%}" if isinstance(fraction, (int, float)) else None, a.get("peak_memory_mb"),
         ])
-    return _table(headers, rows, classes=["best"] + [""] * (len(rows) - 1))
+    return _table(headers, rows, classes=["best"] + [""] * (len(rows) - 1), css="top")
 
 
 def _figures(figures: list[Figure]) -> str:

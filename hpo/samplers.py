@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from hpo import options
 from hpo.errors import SpecError
 from hpo.spec import Choices, StudySpec
 
@@ -46,17 +47,18 @@ def _grid(spec: StudySpec) -> dict[str, list[Any]]:
 
 
 def check_sampler_options(spec: StudySpec) -> None:
-    """Reject options the sampler does not take, naming each one."""
+    """Refuse options the sampler does not take or cannot take from YAML, naming each; then let it judge the values."""
     cls = _classes()[spec.sampler.type]
-    accepted = set(inspect.signature(cls).parameters) - {"self", "search_space"}
-    unknown = [k for k in spec.sampler.options if k not in accepted]
-    if unknown:
-        raise SpecError(
-            "study file",
-            [f"sampler.{k}: is not an option of {cls.__name__} (options: {', '.join(sorted(accepted))})" for k in unknown],
-        )
-    if spec.sampler.type == "grid":
-        _grid(spec)
+    problems = options.problems("sampler", cls, spec.sampler.options, skip={"search_space"})
+    if problems:
+        raise SpecError("study file", problems)
+    grid = _grid(spec) if spec.sampler.type == "grid" else None
+    try:
+        cls(grid, **spec.sampler.options) if grid is not None else cls(**spec.sampler.options)
+    except ImportError as exc:
+        raise SpecError("study file", [f"sampler.type: {spec.sampler.type} needs a package that is not installed ({exc})"]) from None
+    except Exception as exc:  # noqa: BLE001 - whatever the constructor refuses, the user fixes in the file
+        raise SpecError("study file", [f"sampler: {cls.__name__} refuses these options: {exc}"]) from None
 
 
 def build_sampler(spec: StudySpec, seed: int):
@@ -64,13 +66,13 @@ def build_sampler(spec: StudySpec, seed: int):
     that parallel workers and resumed launches do not replay the same draws; it
     replaces a ``sampler.seed`` from the study file (the runner derives it from that)."""
     check_sampler_options(spec)
-    options = dict(spec.sampler.options)
+    kwargs = dict(spec.sampler.options)
     cls = _classes()[spec.sampler.type]
     if "seed" in inspect.signature(cls).parameters:
-        options["seed"] = seed
+        kwargs["seed"] = seed
     try:
         if spec.sampler.type == "grid":
-            return cls(_grid(spec), **options)
-        return cls(**options)
+            return cls(_grid(spec), **kwargs)
+        return cls(**kwargs)
     except (TypeError, ValueError, ImportError, ModuleNotFoundError) as exc:
         raise SpecError("study file", [f"sampler: {exc}"]) from None

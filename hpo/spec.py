@@ -8,7 +8,10 @@ user who gives up.
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -69,11 +72,15 @@ TASK_METRICS = {
 }
 
 DEFAULT_STORAGE = "sqlite:///hpo.db"
+# The resolved spec is stored on the study (and every worker compares it): a few KB is usual.
+MAX_SPEC_BYTES = 65536
 FILE_SOURCES = ("csv", "json", "parquet", "imagefolder")
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: YAML's `yes` is a boolean and "2" a string; neither becomes a number
+    # (pydantic would read `n_trials: true` as 1). Integers still pass where a float is expected.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr]
@@ -229,15 +236,36 @@ class DataSpec(Strict):
         return {split: path for split, path in splits.items() if path}
 
 
+MAX_OPTIONS_BYTES = 8192  # a sampler's or pruner's options, as stored with the study
+
+
+def _bounded_options(section: Any) -> Any:
+    """Options are stored on the study as JSON: refuse what no constructor needs (an alias bomb stored 483 KB)."""
+    try:
+        size = len(json.dumps(section.model_extra or {}, default=str))
+    except (TypeError, ValueError, RecursionError):
+        raise PydanticCustomError("options", "options must be plain YAML values", {}) from None
+    if size > MAX_OPTIONS_BYTES:
+        raise PydanticCustomError(
+            "options", "its options take {size} bytes; at most {limit} are stored with the study",
+            {"size": f"{size:,}", "limit": f"{MAX_OPTIONS_BYTES:,}"},
+        )
+    return section
+
+
 class SamplerSpec(BaseModel):
     """Which Optuna sampler; keys other than ``type`` go to its constructor."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
     type: Literal["tpe", "random", "grid", "gp", "cmaes"] = "tpe"
 
     @property
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _bounded(self):
+        return _bounded_options(self)
 
 
 class PrunerSpec(BaseModel):
@@ -247,7 +275,7 @@ class PrunerSpec(BaseModel):
     ``min_resource`` are counted in examples, not optimizer steps.
     """
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
     type: Literal["median", "percentile", "successive_halving", "hyperband", "none"] = "median"
     # The validation metric trials report and the pruner judges; default: the
     # study's metric. `loss` moves from the first steps, while accuracy on small
@@ -258,6 +286,10 @@ class PrunerSpec(BaseModel):
     @property
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _bounded(self):
+        return _bounded_options(self)
 
 
 class EvaluationSpec(Strict):
@@ -349,7 +381,7 @@ class HeartbeatSpec(Strict):
 
 
 class StudySpec(Strict):
-    name: str = Field(min_length=1, max_length=500)
+    name: str = Field(min_length=1, max_length=200)  # also a folder name (retrained/<name>/model)
     storage: str = DEFAULT_STORAGE
     n_trials: int = Field(ge=1)  # global budget: finished trials across all launches and workers
     timeout: float | None = Field(None, gt=0)  # seconds, per launch
@@ -370,6 +402,20 @@ class StudySpec(Strict):
     adapter: AdapterSpec = AdapterSpec()
     heartbeat: HeartbeatSpec = HeartbeatSpec()
     search_space: dict[str, Dimension]
+
+    @field_validator("name", "model")
+    @classmethod
+    def _one_clean_line(cls, value: str, info: Any) -> str:
+        """A name is shown in tables and becomes a folder: one line, no blank, no path."""
+        if not value.strip():
+            raise ValueError("must not be blank")
+        if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in value):
+            raise ValueError("must be one line without control characters")
+        if value != value.strip():
+            raise ValueError("must not start or end with spaces")
+        if info.field_name == "name" and ("/" in value or "\\" in value or value in (".", "..")):
+            raise ValueError("must not contain / or \\ (it names a folder)")
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -487,22 +533,87 @@ _FRIENDLY = {
 }
 
 
-_JOIN = "\x1f"  # joins several problems inside one pydantic error; split again by _format
+_JOIN = "\x1f"  # joins several problems inside one pydantic error (the task checks); split by _format_all
 
 
-def _format(error: dict[str, Any]) -> str:
+_EXPECTED = {
+    "int_type": "an integer", "float_type": "a number", "bool_type": "true or false", "string_type": "a string",
+    "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
+}
+
+
+def _got(value: Any) -> str:
+    """What the user wrote, as YAML read it, with the likely slip named."""
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (YAML reads yes, no, on, off, true and false as booleans)"
+    if isinstance(value, str):
+        try:
+            float(value)
+            return f"the string {value!r} (remove the quotes)"
+        except ValueError:
+            return f"the string {value!r}"
+    if isinstance(value, (dict, list)):
+        return "a mapping" if isinstance(value, dict) else "a list"
+    return repr(value)
+
+
+def _path(parts: Any, raw: Any, missing: bool = False) -> list[str]:
+    """The YAML path of an error's location, without pydantic's union member names ("int", "list[str]").
+
+    A part is a key of the document where the document has it, or the key
+    found missing; the other parts name union members.
+    """
+    loc: list[str] = []
+    node = raw
+    for i, part in enumerate(parts):
+        if isinstance(part, int) and isinstance(node, list) and loc:
+            loc[-1] += f"[{part}]"
+            node = node[part] if part < len(node) else None
+        elif isinstance(node, dict) and part in node:
+            loc.append(str(part))
+            node = node[part]
+        elif missing and i == len(parts) - 1:
+            loc.append(str(part))
+    return loc
+
+
+def _format_all(errors: list[dict[str, Any]], raw: Any) -> list[str]:
+    """One message per problem; a value matching no member of a union says every form it may take."""
+    problems, expected = [], {}
+    for error in errors:
+        joined = (error.get("ctx") or {}).get("problems") if error["type"] == "task" else None
+        if joined:
+            problems.extend(joined.split(_JOIN))
+            continue
+        loc = error["loc"][: error["loc"].index("<fixed>")] if "<fixed>" in error["loc"] else error["loc"]
+        path = ".".join(_path(loc, raw, missing=error["type"] == "missing"))
+        if error["type"] in _EXPECTED and "<fixed>" not in error["loc"]:
+            forms, _ = expected.setdefault(path, ([], error.get("input")))
+            forms.append(_EXPECTED[error["type"]])
+        else:
+            problems.append(_format(error, path))
+    for path, (forms, value) in expected.items():
+        forms = list(dict.fromkeys(forms))
+        if "a number" in forms and "an integer" in forms:
+            forms.remove("an integer")
+        if len(forms) > 1:
+            forms = ["a boolean" if form == "true or false" else form for form in forms]
+            forms = [", ".join(forms[:-1]), forms[-1]]
+        problems.append(f"{path or '(top level)'}: must be {' or '.join(forms)}, got {_got(value)}")
+    return problems
+
+
+def _format(error: dict[str, Any], path: str) -> str:
     if "<fixed>" in error["loc"]:
-        loc = ".".join(str(p) for p in error["loc"][: error["loc"].index("<fixed>")])
-        return f"{loc}: must be a value, {{low: .., high: ..}} or {{choices: [..]}}"
-    loc = [str(part) for part in error["loc"] if not str(part).startswith("<")]
+        return f"{path}: must be a value, {{low: .., high: ..}} or {{choices: [..]}}"
     ctx = error.get("ctx") or {}
     if "field" in ctx:
-        loc.append(ctx["field"])
-    path = ".".join(loc) or "(top level)"
+        path = f"{path}.{ctx['field']}" if path else ctx["field"]
+    path = path or "(top level)"
     message = _FRIENDLY.get(error["type"], error["msg"])
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
-    if error["type"] == "too_short":
+    if error["type"] in ("too_short", "string_too_short"):
         message = "must not be empty"
     message = message.replace("Input should be greater than or equal to", "must be >=")
     message = message.replace("Input should be greater than", "must be >").replace("Input should be less than", "must be <")
@@ -565,6 +676,37 @@ def _file_problems(raw: dict[str, Any], base: Path) -> list[str]:
     return problems
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def model_folder(model: Any, base: Path) -> Path | None:
+    """The folder a ``model`` names, relative to the study file like data paths; None for a hub id or demo.
+
+    A path is what starts with ``.``, ``/`` or ``~``, what exists beside the
+    study file, or what no hub id could be; ``org/name`` stays a hub id.
+    """
+    if not isinstance(model, str) or model == "demo" or not model.strip():
+        return None
+    candidate = base / Path(model).expanduser()
+    if model.startswith((".", "/", "~")) or candidate.is_dir() or not _HUB_ID.fullmatch(model):
+        return candidate
+    return None
+
+
+def _model_problems(raw: dict[str, Any], base: Path) -> list[str]:
+    folder = model_folder(raw.get("model"), base)
+    if folder is None:
+        return []
+    where = folder.resolve()
+    if not folder.exists():
+        return [f"model: no such directory: {where} (a hub id is org/name; a folder is relative to the study file)"]
+    if not folder.is_dir():
+        return [f"model: not a directory: {where}"]
+    if not (folder / "config.json").is_file():
+        return [f"model: not a model directory (no config.json): {where}"]
+    return []
+
+
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     """Make data file paths and local model directories independent of the working directory."""
     raw = dict(raw)
@@ -575,9 +717,9 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
             if isinstance(data.get(split), str):
                 data[split] = str((base / data[split]).resolve())
         raw["data"] = data
-    model = raw.get("model")
-    if isinstance(model, str) and model.startswith((".", "/")) and (base / model).is_dir():
-        raw["model"] = str((base / model).resolve())
+    folder = model_folder(raw.get("model"), base)
+    if folder is not None:
+        raw["model"] = str(folder.resolve())
     return raw
 
 
@@ -590,14 +732,17 @@ def parse_spec(raw: Any, source: str = "<study>", base: Path | None = None) -> S
     try:
         StudySpec.model_validate(raw)
     except ValidationError as exc:
-        for error in exc.errors():
-            joined = (error.get("ctx") or {}).get("problems") if error["type"] == "task" else None
-            problems.extend(joined.split(_JOIN) if joined else [_format(error)])
+        problems.extend(_format_all(exc.errors(), raw))
     problems.extend(_knob_problems(raw.get("search_space"), raw.get("adapter")))
     problems.extend(_file_problems(raw, base))
+    problems.extend(_model_problems(raw, base))
     if problems:
         raise SpecError(source, sorted(dict.fromkeys(problems)))
-    return StudySpec.model_validate(_resolve_paths(raw, base))
+    spec = StudySpec.model_validate(_resolve_paths(raw, base))
+    size = len(spec.model_dump_json())
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(source, [f"takes {size:,} bytes as stored with the study; at most {MAX_SPEC_BYTES:,} are (a few KB is usual)"])
+    return spec
 
 
 def load_spec(path: str | os.PathLike[str], storage: str | None = None) -> StudySpec:

@@ -8,6 +8,8 @@ split, unseen label) runs here, before the first trial.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,16 +68,55 @@ def _read_source(data: DataSpec, split: str, where: str):
         if data.source == "hub":
             return datasets.load_dataset(data.path, data.name, split=where)
         kind = {"csv": "csv", "json": "json", "parquet": "parquet"}[data.source]
-        return datasets.load_dataset(kind, data_files={split: where}, split=split)
+        with _quiet_readers():  # a file it cannot parse is logged there, then raised: say it once, below
+            return datasets.load_dataset(kind, data_files={split: where}, split=split)
     except FileNotFoundError as exc:
         raise ObjectiveError(f"{field}: not found: {exc}") from None
-    except (ValueError, KeyError) as exc:
-        raise ObjectiveError(f"{field}: cannot read {where!r}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - hub and parser errors come in many types
+        encoding = _encoding_problem(exc, where) if data.source in ("csv", "json") else None
+        if encoding:
+            raise ObjectiveError(f"{field}: {where} {encoding}") from None
+        if isinstance(exc, (ValueError, KeyError)):
+            raise ObjectiveError(f"{field}: cannot read {where!r}: {exc}") from None
         if type(exc).__module__.startswith(("datasets", "huggingface_hub", "pyarrow", "requests", "httpx")):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ObjectiveError(f"{field}: cannot load {where!r}: {first}") from None
         raise
+
+
+@contextlib.contextmanager
+def _quiet_readers():
+    logger = logging.getLogger("datasets.packaged_modules")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _encoding_problem(exc: BaseException, where: str) -> str | None:
+    """Why a text file failed to load, when the cause is its encoding.
+
+    ``datasets`` wraps a UnicodeDecodeError in "An error occurred while
+    generating the dataset"; the user needs the file, the line and the fix.
+    """
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, UnicodeDecodeError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return None
+    try:
+        with open(where, "rb") as handle:
+            for number, line in enumerate(handle, 1):  # a newline byte never sits inside a UTF-8 character
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as bad:
+                    return (f"is not UTF-8 text (byte 0x{line[bad.start]:02x} on line {number}: Latin-1 or "
+                            "Windows-1252?); save it as UTF-8, e.g. iconv -f latin1 -t utf-8")
+    except OSError:
+        pass
+    return "is not UTF-8 text; save it as UTF-8, e.g. iconv -f latin1 -t utf-8"
 
 
 def _check_columns(dataset, data: DataSpec, split: str) -> None:

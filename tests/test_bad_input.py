@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import yaml
 
@@ -139,3 +141,104 @@ def test_debug_shows_traceback(make_study, tmp_path):
     result = hpo("--debug", "launch", str(path), cwd=tmp_path)
     assert result.returncode != 0
     assert "Traceback" in result.stderr
+
+
+def test_duplicate_keys_are_refused_with_path_and_line(make_study, tmp_path):
+    path = make_study(name="twice")
+    text = path.read_text().replace("search_space:\n", "search_space:\n  epochs: 3\n", 1)
+    path.write_text(text + "n_trials: 4\n")
+    lines = path.read_text().splitlines()
+    first, again = [i + 1 for i, line in enumerate(lines) if line.startswith("n_trials:")]
+    _launch_writes_nothing(path, tmp_path, "search_space.epochs: duplicate key at line",
+                           f"n_trials: duplicate key at line {again} (first at line {first})")
+
+
+def test_study_file_not_utf8_names_file_and_encoding(make_study, tmp_path):
+    path = make_study()
+    path.write_bytes(path.read_bytes().replace(b"name: ", b"name: caf\xe9-", 1))
+    _launch_writes_nothing(path, tmp_path, str(path), "is not UTF-8 text (byte 0xe9 on line 1")
+
+
+def test_latin1_csv_names_the_file_and_encoding(make_study, tmp_path, tiny_data):
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(tiny_data["train"].read_bytes().replace(b"\n", "\ncaf\xe9 good tea,pos\n".encode("latin-1"), 3))
+    path = make_study(data={"source": "csv", "train": str(latin), "validation": str(tiny_data["validation"])})
+    _launch_writes_nothing(path, tmp_path, f"data.train: {latin} is not UTF-8 text (byte 0xe9 on line 2")
+
+
+@pytest.mark.parametrize("flags, visible, fragment", [
+    (["--gpus", "5"], "", "--gpus 5: no GPU is visible on this host"),
+    (["--gpus", "5"], "0", "GPU 5 not visible (visible: 0)"),
+    (["--gpus", "abc"], "0", "--gpus abc: no GPU abc on this host"),
+    (["--workers", "0"], None, "--workers 0: must be at least 1"),
+    (["--workers", "-1"], None, "--workers -1: must be at least 1"),
+    (["--workers", "two"], None, "argument --workers: invalid int value: 'two'"),  # argparse's, on one line too
+])
+def test_launch_flags_that_cannot_be_honoured(make_study, tmp_path, flags, visible, fragment):
+    env = {} if visible is None else {"CUDA_VISIBLE_DEVICES": visible}
+    result = hpo("launch", str(make_study()), *flags, cwd=tmp_path, env=env)
+    _assert_user_error(result, fragment)
+    assert "starting" not in result.stdout and not (tmp_path / "hpo.db").exists()
+
+
+def test_status_top_must_be_positive(make_study, tmp_path):
+    _assert_user_error(hpo("status", str(make_study()), "--top", "-1", cwd=tmp_path), "--top -1: must be at least 1")
+
+
+def test_strict_types_and_names(make_study, tmp_path):
+    path = make_study(n_trials=True, seed="2", data={"source": "demo", "max_length": True})
+    path.write_text(path.read_text().replace("name: ", "name: \"two\\nlines\"\nold_name: ", 1))
+    _launch_writes_nothing(
+        path, tmp_path,
+        "n_trials: must be an integer, got true (YAML reads yes, no, on, off, true and false as booleans)",
+        "seed: must be an integer, got the string '2' (remove the quotes)",
+        "data.max_length: must be an integer, got true",
+        "name: must be one line",
+        "old_name: is not a known key",
+    )
+    _launch_writes_nothing(make_study(name="   "), tmp_path, "name: must not be blank")
+
+
+def test_sampler_and_pruner_options_are_checked_against_their_constructors(make_study, tmp_path):
+    path = make_study(sampler={"type": "tpe", "seed": "abc", "constraints_func": "foo"},
+                      pruner={"type": "percentile", "n_startup_trials": 1.5})
+    fragments = ["sampler.seed: must be an integer or null, got \"abc\"", "sampler.constraints_func: takes a Python function",
+                 "pruner.n_startup_trials: must be an integer, got 1.5", "pruner.percentile: is required by PercentilePruner"]
+    _assert_user_error(hpo("validate", str(path), "--offline", cwd=tmp_path), str(path), *fragments)
+    _launch_writes_nothing(path, tmp_path, *fragments)
+
+
+def test_oversized_options_and_alias_bombs_are_refused(make_study, tmp_path):
+    path = make_study(sampler={"type": "cmaes"})
+    items, refs = ", ".join(["xxxxxxxxxx"] * 200), ", ".join(["*a"] * 90)
+    path.write_text(path.read_text().replace("type: cmaes", f"type: cmaes\n  x0: {{a: &a [{items}], b: [{refs}]}}"))
+    _launch_writes_nothing(path, tmp_path, "sampler: its options take", "bytes; at most 8,192 are stored with the study")
+    levels = "".join(f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 7))
+    path.write_text(path.read_text().replace("type: cmaes", "type: cmaes\n  x0:\n    l0: &l0 [x]\n" + levels.replace("  l", "    l")))
+    _launch_writes_nothing(path, tmp_path, "holds more than 50,000 values once YAML aliases are expanded")
+
+
+@pytest.mark.parametrize("model, fragment", [
+    ("./no-such-model", "model: no such directory: {folder}/no-such-model"),
+    ("empty", "model: not a model directory (no config.json): {folder}/empty"),
+])
+def test_model_folder_that_is_not_a_model(make_study, tmp_path, model, fragment):
+    (tmp_path / "empty").mkdir()
+    path = make_study(model=model)
+    result = hpo("validate", str(path), "--offline", cwd=tmp_path.parent)
+    _assert_user_error(result, fragment.format(folder=tmp_path))
+    _launch_writes_nothing(path, tmp_path, fragment.format(folder=tmp_path))
+
+
+def test_model_folder_is_relative_to_the_study_file(make_study, tmp_path, tiny_model):
+    shutil.copytree(tiny_model, tmp_path / "models" / "tiny")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    from hpo.spec import load_spec
+
+    assert load_spec(make_study(model="./models/tiny")).model == str(tmp_path / "models" / "tiny")
+    assert load_spec(make_study(model="org/name")).model == "org/name"  # a hub id
+    # Beside the study file, even when it reads like org/name, whatever the current directory.
+    result = hpo("validate", str(make_study(model="models/tiny")), "--offline", cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert f"model     {tmp_path}/models/tiny" in result.stdout

@@ -85,3 +85,19 @@ def test_the_heartbeat_warning_we_silence_is_still_worded_so():
     assert compat.HEARTBEAT_ASK_WARNING in inspect.getsource(study_module)
     assert "fail_stale_trials" in dir(optuna.storages)
     assert "_get_stale_trial_ids" in inspect.getsource(optuna.storages.fail_stale_trials)
+
+
+def test_a_study_user_attribute_reads_by_name_without_a_storage(tmp_path):
+    """hpo/resume.py compares a study file with the spec stored on the study before anything is written."""
+    from sqlalchemy import create_engine, inspect as inspect_db
+
+    url = f"sqlite:///{tmp_path / 'attrs.db'}"
+    optuna.create_study(study_name="kept", storage=url).set_user_attr("spec", {"metric": "f1"})
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert inspect_db(conn).has_table(compat.STUDY_USER_ATTRS_TABLE)
+            assert conn.execute(compat.study_user_attr_select("kept", "spec")).scalar_one() == '{"metric": "f1"}'
+            assert conn.execute(compat.study_user_attr_select("other", "spec")).first() is None
+    finally:
+        engine.dispose()

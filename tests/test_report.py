@@ -9,7 +9,7 @@ import optuna
 import pytest
 from PIL import Image
 
-from conftest import hpo
+from conftest import hpo, write_csv
 from hpo.fmt import cell
 from hpo.retrain import recorded
 
@@ -64,3 +64,39 @@ def test_report_without_a_study_is_a_clear_error(make_study, tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("hpo: error: no study named 'nothing-here'")
     assert not (tmp_path / "r").exists()
+
+
+def test_one_title_per_figure_and_curves_caption_names_what_is_plotted(launched_study, tmp_path):
+    from optuna.visualization import matplotlib as ovm
+
+    from hpo import plots
+    from hpo.spec import load_spec
+
+    study = optuna.load_study(study_name=launched_study.name, storage=launched_study.storage)
+    axes = ovm.plot_param_importances(study)
+    plots.retitle(axes, "Parameter importances")
+    assert [axes.get_title(loc) for loc in ("left", "center", "right")] == ["", "Parameter importances", ""]
+
+    spec = load_spec(launched_study.path)
+    on_loss = spec.model_copy(update={"pruner": spec.pruner.model_copy(update={"metric": "loss"})})
+    captions = [(spec, "Validation accuracy against"),
+                (on_loss, "Validation loss (what trials report and the pruner judges; trials are ranked by validation accuracy)")]
+    for which, caption in captions:
+        drawn = dict((f[0], f[2]) for f in plots.figures(which))
+        assert drawn["learning_curves.png"].startswith(caption)
+        axes = plots.learning_curves(study, which)
+        assert axes.get_ylabel() == f"validation {which.pruning_metric}"
+
+
+def test_report_on_a_study_whose_only_trial_failed_is_refused(make_study, tmp_path):
+    long_rows = [(" ".join(["good"] * 100), "pos"), (" ".join(["bad"] * 100), "neg")] * 10
+    train = write_csv(tmp_path / "long.csv", long_rows)  # longer than the model's 64 positions: the trial fails
+    data = {"source": "csv", "train": str(train), "validation": str(train), "max_length": 128, "drop_duplicates": False, "drop_leaking": False}
+    path = make_study(name="failed-only", n_trials=1, data=data)
+    hpo("launch", str(path), cwd=tmp_path)
+    study = optuna.load_study(study_name="failed-only", storage=f"sqlite:///{tmp_path / 'hpo.db'}")
+    assert {t.state for t in study.trials} == {optuna.trial.TrialState.FAIL}
+    result = hpo("report", str(path), "-o", str(tmp_path / "r"), cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("hpo: error: study 'failed-only' has no complete or pruned trial yet (")
+    assert "failed" in result.stderr and not (tmp_path / "r").exists()

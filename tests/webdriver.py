@@ -82,6 +82,9 @@ class Browser:
     def run(self, script: str):
         return self._call("POST", f"/session/{self.session}/execute/sync", {"script": script, "args": []})
 
+    def resize(self, width: int, height: int) -> None:
+        self._call("POST", f"/session/{self.session}/window/rect", {"width": width, "height": height})
+
     def text(self) -> str:
         return self.run("return document.body ? document.body.innerText : ''")
 

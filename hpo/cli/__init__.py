@@ -22,8 +22,15 @@ COMMANDS = (validate, launch, status, export, dashboard, report, retrain)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PREEMPTED = 0, 1, 2, 130, 143
 
 
+class _Parser(argparse.ArgumentParser):
+    """Command-line mistakes read like every other bad input: one line, exit 2 (argparse prints its usage first)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"hpo: error: {message} (see `{self.prog} --help`)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="hpo", description="Hyperparameter search for fine-tuning pretrained models.")
+    top = _Parser(prog="hpo", description="Hyperparameter search for fine-tuning pretrained models.")
     top.add_argument("--version", action="version", version=f"hpo {__version__}")
     top.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")

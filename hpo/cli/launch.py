@@ -12,6 +12,7 @@ from hpo.cli import common, preflight
 from hpo.cli.status import study_report
 from hpo import note, progress as progress_lib
 from hpo import workers
+from hpo.errors import UserError
 from hpo.runner import Preempted, WorkerOptions, run_worker
 
 
@@ -21,6 +22,11 @@ def add_parser(sub) -> None:
     parser.add_argument("--gpus", help="'all' or a list such as 0,2: one worker process per GPU, pinned to it")
     parser.add_argument("--workers", type=int, help="worker processes (per GPU with --gpus; CPU workers without)")
     parser.add_argument("--quiet", action="store_true", help="print only errors and the final summary")
+    parser.add_argument(
+        "--allow-changes", action="store_true",
+        help="resume a study whose file changed metric, data, model, task, seed or search space since it was launched "
+             "(refused by default: the existing trials ran under the old values)",
+    )
     # Internal: set by the parent for each worker process it starts.
     parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     parser.set_defaults(handler=run)
@@ -43,14 +49,39 @@ def study_attributes(spec, objective) -> dict:
     return attrs
 
 
+def check_flags(args: argparse.Namespace) -> list[str] | None:
+    """--workers and --gpus as they will be used, refused before the study file is read.
+
+    Returns the GPUs to pin workers to (None: CPU workers). A GPU that is not
+    visible would give a worker named after it running on the CPU.
+    """
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers {args.workers}: must be at least 1")
+    if args.gpus is None or args.worker_index is not None:
+        return None
+    visible = workers.visible_gpus()
+    if not visible:
+        raise UserError(f"--gpus {args.gpus}: no GPU is visible on this host; use --workers N for CPU workers")
+    gpus = workers.parse_gpus(args.gpus, visible)
+    unknown = [g for g in gpus if g not in visible and not g.startswith(("GPU-", "MIG-"))]  # UUIDs cannot be checked here
+    if unknown:
+        raise UserError(f"--gpus {args.gpus}: no GPU {', '.join(unknown)} on this host (visible: {', '.join(visible)})")
+    return gpus
+
+
 def run(args: argparse.Namespace) -> int:
+    gpus = check_flags(args)
     spec = common.load(args)
-    preflight.check_search_options(spec)
+    preflight.check_search_options(spec, args.study)
     preflight.check_storage(spec)
     if args.quiet and not args.debug:
         logging.getLogger().setLevel(logging.WARNING)
-    if args.worker_index is None and (args.gpus or (args.workers or 1) > 1):
-        return _run_several(args, spec)
+    if args.worker_index is None:  # the parent checked for its workers
+        changed = preflight.check_resume(spec, args.allow_changes)
+        if changed:
+            logging.getLogger("hpo.launch").info("study file changed since the last launch: %s", "; ".join(changed))
+    if args.worker_index is None and (gpus or (args.workers or 1) > 1):
+        return _run_several(args, spec, gpus)
     _run_one_worker(args, spec)
     if args.worker_index is None:
         print()
@@ -58,8 +89,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_several(args: argparse.Namespace, spec) -> int:
-    gpus = workers.parse_gpus(args.gpus, workers.visible_gpus()) if args.gpus else None
+def _run_several(args: argparse.Namespace, spec, gpus: list[str] | None) -> int:
     slots = workers.plan(gpus, args.workers)
     print(f"starting {len(slots)} workers: {', '.join(s.name for s in slots)}", flush=True)
     # In a terminal the parent draws one live panel for every worker (read from the storage) and the

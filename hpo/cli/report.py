@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from optuna.trial import TrialState
+
 from hpo.cli import common
 from hpo.cli.status import load_existing
 from hpo.errors import UserError
@@ -24,8 +26,11 @@ def run(args: argparse.Namespace) -> int:
     if folder.exists() and not folder.is_dir():
         raise UserError(f"-o {folder}: exists and is not a folder")
     study = load_existing(spec)
-    if not any(t.state.is_finished() for t in study.get_trials(deepcopy=False)):
-        raise UserError(f"study {spec.name!r} has no finished trial yet; nothing to report")
+    trials = study.get_trials(deepcopy=False)
+    if not any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials):
+        failed = sum(t.state == TrialState.FAIL for t in trials)
+        why = f" ({failed} failed: see `hpo status`)" if failed else ""
+        raise UserError(f"study {spec.name!r} has no complete or pruned trial yet{why}; nothing to report")
     index, figures = write_report(spec, study, folder)
     drawn = [f for f in figures if f.path is not None]
     print(f"wrote {index} and {len(drawn)} figures: {', '.join(f.file for f in drawn)}")

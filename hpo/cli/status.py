@@ -9,7 +9,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo import retrain, storage
-from hpo.cli import common
+from hpo.cli import common, preflight
 from hpo.errors import StorageError, UserError
 from hpo.runner import Counts, ranked
 from hpo.spec import StudySpec
@@ -27,6 +27,7 @@ def load_existing(spec: StudySpec) -> optuna.Study:
     storage.check_reachable(spec.storage)
     if storage.existing_direction(spec.storage, spec.name) is None:
         raise StorageError(f"no study named {spec.name!r} in {storage.mask_url(spec.storage)}; run `hpo launch` first")
+    preflight.check_resume(spec, reading=True)
     return optuna.load_study(study_name=spec.name, storage=storage.open_storage(spec.storage))
 
 
@@ -75,5 +76,7 @@ def study_report(spec: StudySpec, top: int = 5) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        raise UserError(f"--top {args.top}: must be at least 1")
     print(study_report(common.load(args), top=args.top))
     return 0

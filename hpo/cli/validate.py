@@ -71,10 +71,11 @@ def summary(spec: StudySpec) -> str:
 
 def run(args: argparse.Namespace) -> int:
     spec = common.load(args)
-    preflight.check_search_options(spec)
+    preflight.check_search_options(spec, args.study)
     storage.parse_url(spec.storage)
     if not args.offline:
         preflight.check_storage(spec)
+        changed = preflight.check_resume(spec)  # what launch would refuse, refused here too
     facts = dict(preflight.check_objective(spec))
     report = facts.pop("data_report", None)
     adapter = facts.pop("adapter_table", None)
@@ -89,5 +90,7 @@ def run(args: argparse.Namespace) -> int:
         print()
         print(format_report(report))
         print()
+    if not args.offline and changed:
+        print(f"resumes   study {spec.name!r} with changes: {'; '.join(changed)}")
     print(f"{args.study}: valid")
     return 0
