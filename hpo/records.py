@@ -89,6 +89,14 @@ def _attributes(record: Record) -> dict[str, Any]:
     return {k: v for k, v in values.items() if not (v is None and not fields[k].is_required())}
 
 
+def _from_attributes(cls, attrs: Mapping[str, Any], what: str):
+    """A record kept as one attribute per field (and its version in ``cls.VERSION_ATTR``), read back."""
+    raw = {name: attrs[name] for name in cls.model_fields if name != "schema_version" and name in attrs}
+    if cls.VERSION_ATTR in attrs:
+        raw["schema_version"] = attrs[cls.VERSION_ATTR]
+    return cls.read(raw, what)
+
+
 # --- on each trial: what the objective measured ----------------------------------
 
 
@@ -149,10 +157,7 @@ class TrialRecord(Record):
         attrs = trial.user_attrs
         if cls.VERSION_ATTR not in attrs and "wall_seconds" not in attrs:
             return None
-        raw = {name: attrs[name] for name in cls.model_fields if name != "schema_version" and name in attrs}
-        if cls.VERSION_ATTR in attrs:
-            raw["schema_version"] = attrs[cls.VERSION_ATTR]
-        return cls.read(raw, f"trial #{trial.number}'s record")
+        return _from_attributes(cls, attrs, f"trial #{trial.number}'s record")
 
 
 # --- on the study: what `hpo launch` found out about data and model -------------------
@@ -196,10 +201,7 @@ class StudyFacts(Record):
         attrs = study.user_attrs
         if cls.VERSION_ATTR not in attrs and "label_names" not in attrs:
             return None
-        raw = {name: attrs[name] for name in cls.model_fields if name != "schema_version" and name in attrs}
-        if cls.VERSION_ATTR in attrs:
-            raw["schema_version"] = attrs[cls.VERSION_ATTR]
-        return cls.read(raw, f"the facts record of study {study.study_name!r}")
+        return _from_attributes(cls, attrs, f"the facts record of study {study.study_name!r}")
 
 
 # --- on the study: what `hpo retrain` did ---------------------------------------

@@ -6,8 +6,9 @@ everything else (the objective, the loop, adapters, pruning, retrain, export)
 is what every task shares.
 """
 
+from objectives.lm_data import PromptRows
 from objectives.heads import LanguageModelHead
 from objectives.lm_inputs import LanguageModelInputs
 from objectives.task import Task
 
-TASK = Task("causal-lm", LanguageModelInputs(), LanguageModelHead())
+TASK = Task("causal-lm", PromptRows(), LanguageModelInputs(), LanguageModelHead())

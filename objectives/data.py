@@ -367,3 +367,16 @@ def load_test_report(
     counts.used = len(test)
     counts.labels = numeric_summary(test["labels"]) if numeric_labels else label_counts(test["labels"], label_names)
     return test, counts
+
+
+class LabelledRows:
+    """Rows of inputs (texts, text pairs or images) with a label: classification and regression."""
+
+    def splits(self, data: DataSpec, seed: int, numeric_labels: bool) -> Splits:
+        return load_splits(data, seed, numeric_labels=numeric_labels)
+
+    def test_split(self, data: DataSpec, label_names: list[str], numeric_labels: bool, train_keys: set):
+        return load_test(data, label_names, numeric_labels=numeric_labels, train_keys=train_keys)
+
+    def test_leaks(self, data: DataSpec, train_keys: set) -> dict[str, Any]:
+        return count_test_leaks(data, train_keys)

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from hpo.spec import DataSpec
-from objectives.data import count_test_leaks, load_splits, load_test
 from objectives.batching import label_tensor
+from objectives.data import LabelledRows
 from objectives.heads import ClassificationHead
 from objectives.imagefiles import open_image
 from objectives.task import Task
@@ -99,15 +99,6 @@ class ImageInputs:
 
         return AutoImageProcessor.from_pretrained(path)
 
-    def splits(self, data: DataSpec, seed: int, numeric_labels: bool):
-        return load_splits(data, seed, numeric_labels=numeric_labels)
-
-    def test_split(self, data: DataSpec, label_names, numeric_labels: bool, train_keys):
-        return load_test(data, label_names, numeric_labels=numeric_labels, train_keys=train_keys)
-
-    def test_leaks(self, data: DataSpec, train_keys: set):
-        return count_test_leaks(data, train_keys)
-
     def annotate(self, report, split: str, dataset, preprocessor, data: DataSpec) -> None:
         """Nothing to add: the report has the labels."""
 
@@ -118,4 +109,4 @@ class ImageInputs:
         return ImageBatcher(dataset, data.image_column, preprocessor, augment=training and data.augment)
 
 
-TASK = Task("image-classification", ImageInputs(), ClassificationHead())
+TASK = Task("image-classification", LabelledRows(), ImageInputs(), ClassificationHead())

@@ -151,3 +151,16 @@ def count_lm_test_leaks(data: DataSpec, train_keys: set) -> dict[str, Any]:
     except ObjectiveError as exc:
         return {"checked": False, "why": str(exc)}
     return {"checked": True, "read": len(test), "leaking": len(leaking_rows([row_key(r) for r in test], train_keys))}
+
+
+class PromptRows:
+    """Prompts and completions, or chats: the rows of ``task: causal-lm``."""
+
+    def splits(self, data: DataSpec, seed: int, numeric_labels: bool) -> Splits:
+        return load_lm_splits(data, seed)
+
+    def test_split(self, data: DataSpec, label_names: list[str], numeric_labels: bool, train_keys: set):
+        return load_lm_test(data, train_keys)
+
+    def test_leaks(self, data: DataSpec, train_keys: set) -> dict[str, Any]:
+        return count_lm_test_leaks(data, train_keys)

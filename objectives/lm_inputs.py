@@ -25,7 +25,6 @@ from objectives.batching import to_device
 from objectives.errors import ObjectiveError
 from objectives.generation import Samples
 from objectives.heads import IGNORE
-from objectives.lm_data import count_lm_test_leaks, load_lm_splits, load_lm_test
 from objectives.tokens import _key, cached_map
 
 
@@ -234,15 +233,6 @@ class LanguageModelInputs:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token  # padding is masked and never scored
         return tokenizer
-
-    def splits(self, data: DataSpec, seed: int, numeric_labels: bool):
-        return load_lm_splits(data, seed)
-
-    def test_split(self, data: DataSpec, label_names, numeric_labels: bool, train_keys):
-        return load_lm_test(data, train_keys)
-
-    def test_leaks(self, data: DataSpec, train_keys: set):
-        return count_lm_test_leaks(data, train_keys)
 
     def batches(self, dataset, preprocessor, data: DataSpec, *, training: bool) -> LanguageModelBatches:
         encoded = encode(dataset, preprocessor, data)

@@ -63,7 +63,7 @@ def check(spec: StudySpec, task: Task) -> dict[str, Any]:
         facts["adapter_table"] = adapter_report.table(spec, task)
     if spec.data.source == "hub":
         return {**facts, "data": "hub dataset: checked at launch"}
-    splits = task.inputs.splits(spec.data, spec.seed, task.head.numeric_labels)
+    splits = task.rows.splits(spec.data, spec.seed, task.head.numeric_labels)
     if spec.class_weights is not None:
         class_weights(spec.class_weights, splits.train["labels"], splits.label_names)
     if depth is not None:  # the tokenizer is on this machine too: token lengths
@@ -71,7 +71,7 @@ def check(spec: StudySpec, task: Task) -> dict[str, Any]:
         for name, dataset in (("train", splits.train), ("validation", splits.validation)):
             task.inputs.annotate(splits.report, name, dataset, preprocessor, spec.data)
     report = splits.report.as_dict()
-    report["test"] = task.inputs.test_leaks(spec.data, splits.train_keys)
+    report["test"] = task.rows.test_leaks(spec.data, splits.train_keys)
     return {"train": len(splits.train), "validation": len(splits.validation), "labels": splits.label_names,
             **facts, "data_report": report}
 
@@ -82,7 +82,7 @@ class Objective:
         self.runtime = pick_runtime(spec.runtime.device, spec.runtime.precision)
         if spec.runtime.num_threads:
             torch.set_num_threads(spec.runtime.num_threads)
-        splits = task.inputs.splits(spec.data, spec.seed, task.head.numeric_labels)
+        splits = task.rows.splits(spec.data, spec.seed, task.head.numeric_labels)
         self.label_names = splits.label_names
         self.dropped = splits.dropped
         self.train_keys = splits.train_keys  # only to drop test rows seen in training, at retrain
@@ -178,7 +178,7 @@ class Objective:
 
     def load_test(self) -> int:
         """Read the held-out split (its first reading); returns its size."""
-        rows = self.task.inputs.test_split(self.spec.data, self.label_names, self.task.head.numeric_labels, self.train_keys)
+        rows = self.task.rows.test_split(self.spec.data, self.label_names, self.task.head.numeric_labels, self.train_keys)
         self.test = self._batches(rows, training=False)
         return len(self.test)
 

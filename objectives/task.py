@@ -1,9 +1,10 @@
-"""A task is a kind of inputs composed with a head: everything that differs between tasks.
+"""A task composes how rows are read, how they become model inputs, and a head.
 
 The one ``Objective`` and the one training loop take a ``Task`` and never ask
-which it is. Text classification and text regression share their inputs and
-differ by head; image classification shares the classification head and
-differs by inputs. A new task is one module that composes (or adds) these.
+which it is. Text classification and text regression share their rows and
+inputs and differ by head; image classification shares the labelled rows and
+the classification head and differs by inputs; a language model reads prompts
+and completions. A new task is one module that composes (or adds) these.
 """
 
 from __future__ import annotations
@@ -27,6 +28,16 @@ class Batches(Protocol):
     def batch(self, indices, device) -> dict[str, Any]: ...
 
 
+class Rows(Protocol):
+    """How a study's splits are read and cleaned: labelled rows, or prompts and completions."""
+
+    def splits(self, data: DataSpec, seed: int, numeric_labels: bool) -> Any: ...  # objectives.data.Splits
+
+    def test_split(self, data: DataSpec, label_names: list[str], numeric_labels: bool, train_keys: set) -> Any: ...
+
+    def test_leaks(self, data: DataSpec, train_keys: set) -> dict[str, Any]: ...  # for hpo validate
+
+
 class Inputs(Protocol):
     """How raw rows become model inputs, and which model class reads them."""
 
@@ -35,12 +46,6 @@ class Inputs(Protocol):
     def auto_model(self) -> Any: ...  # a transformers Auto class, e.g. AutoModelForSequenceClassification
 
     def preprocessor(self, path: str) -> Any: ...  # tokenizer or image processor, saved beside the model
-
-    def splits(self, data: DataSpec, seed: int, numeric_labels: bool) -> Any: ...  # objectives.data.Splits
-
-    def test_split(self, data: DataSpec, label_names: list[str], numeric_labels: bool, train_keys: set) -> Any: ...
-
-    def test_leaks(self, data: DataSpec, train_keys: set) -> dict[str, Any]: ...  # for hpo validate
 
     def annotate(self, report, split: str, dataset, preprocessor, data: DataSpec) -> None: ...  # data report extras
 
@@ -52,5 +57,6 @@ class Inputs(Protocol):
 @dataclass(frozen=True)
 class Task:
     name: str
+    rows: Rows
     inputs: Inputs
     head: Head

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hpo.spec import DataSpec
-from objectives.data import count_test_leaks, load_splits, load_test
 from objectives.batching import Batcher
 from objectives.tokens import tokenize
 
@@ -27,15 +26,6 @@ class TextInputs:
             # Decoder-only models (GPT-2, Llama) have no pad token; padding positions are masked anyway.
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer
-
-    def splits(self, data: DataSpec, seed: int, numeric_labels: bool):
-        return load_splits(data, seed, numeric_labels=numeric_labels)
-
-    def test_split(self, data: DataSpec, label_names, numeric_labels: bool, train_keys):
-        return load_test(data, label_names, numeric_labels=numeric_labels, train_keys=train_keys)
-
-    def test_leaks(self, data: DataSpec, train_keys: set):
-        return count_test_leaks(data, train_keys)
 
     def annotate(self, report, split: str, dataset, preprocessor, data: DataSpec) -> None:
         """Nothing to add: the report has the labels."""
