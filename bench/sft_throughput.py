@@ -14,12 +14,17 @@ LoRA r=8 (alpha 16, dropout 0.05, all linear layers) on the frozen base, fp32.
    ``model(**batch, labels=labels).loss``, backward, clip, step. They run
    alternately, ``--repeats`` times each, after one warm-up run of the plain
    loop. Tokens/s count the real (non-padding) tokens of the rows. Goal: >= 0.95.
+   A third run is the plain loop with hpo's loss function (``head.loss`` on
+   the logits) in place of the model's own loss: it tells the loss function's
+   share of any gap from the rest of hpo's loop.
 2. Packing. The same trial (learning rate 1e-3, the same batch size, one
    epoch) with ``data.packing: true`` and ``false``, alternately: training
    tokens/s (evaluation excluded) and the best validation loss (token-mean
    over completion tokens, two points in the epoch). ``batch_size`` counts
    packed rows when packing, examples when not, so the packed run takes fewer,
    larger optimizer steps; the table gives both step counts.
+   ``--padded-batch-size`` gives the padded run its own batch size, to
+   compare at about the same examples per optimizer step.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from common import median, quiet, sft_files, table, tiny_decoder_base
 
 
 def study(storage: str, args, packing: bool) -> dict:
+    batch_size = args.batch_size if packing else (args.padded_batch_size or args.batch_size)
     files, model = sft_files(args.train, args.validation), tiny_decoder_base()
     return {
         "name": f"sft-throughput-{packing}", "storage": storage, "n_trials": 1, "seed": 0, "model": str(model),
@@ -39,7 +45,7 @@ def study(storage: str, args, packing: bool) -> dict:
         "data": {"source": "json", "train": str(files["train"]), "validation": str(files["validation"]),
                  "format": "prompt-completion", "max_length": args.max_length, "packing": packing},
         "runtime": {"precision": "fp32", "num_threads": args.threads},
-        "search_space": {"learning_rate": 1.0e-3, "batch_size": args.batch_size, "epochs": 1, "lora_r": 8,
+        "search_space": {"learning_rate": 1.0e-3, "batch_size": batch_size, "epochs": 1, "lora_r": 8,
                          "lora_alpha_ratio": 2.0, "lora_dropout": 0.05, "warmup_ratio": 0.1},
     }
 
@@ -52,8 +58,10 @@ def build(args, packing: bool, tmp: str):
     return spec, build_objective(spec)
 
 
-def plain_peft_loop(model, train, batches, params, seed: int) -> float:
-    """The loop people write around a PEFT model: the model's own loss, AdamW, clip, step. Seconds."""
+def plain_peft_loop(model, train, batches, params, seed: int, loss_fn=None) -> float:
+    """The loop people write around a PEFT model: the model's own loss, AdamW, clip, step. Seconds.
+
+    ``loss_fn(logits, labels)``: the loss from the logits instead (to time hpo's loss function alone)."""
     import torch
     from transformers import get_scheduler, set_seed
 
@@ -67,7 +75,11 @@ def plain_peft_loop(model, train, batches, params, seed: int) -> float:
     start = time.perf_counter()
     for indices in batches:
         batch = train.batch(indices, device)
-        loss = model(**batch).loss
+        if loss_fn is None:
+            loss = model(**batch).loss
+        else:
+            labels = batch.pop("labels")
+            loss = loss_fn(model(**batch).logits, labels)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, params.max_grad_norm)
         optimizer.step()
@@ -95,20 +107,25 @@ def compare_loops(objective, seed: int, repeats: int):
             raise RuntimeError(f"hpo's loop saw {result.examples_seen} completion tokens, not {int(train.units.sum())}")
         return seconds
 
-    def run_plain() -> float:
+    def run_plain(loss_fn=None) -> float:
         model = objective.new_model(params, seed)
         batches = batch_order(train.lengths, params.batch_size, np.random.default_rng(seed), objective.spec.data.group_by_length)
-        seconds = plain_peft_loop(model, train, batches, params, seed)
+        seconds = plain_peft_loop(model, train, batches, params, seed, loss_fn)
         objective.release(model)
         return seconds
 
+    def run_plain_hpo_loss() -> float:
+        return run_plain(objective.task.head.loss)
+
     run_plain()  # warm-up, not counted
     rows, ratios = [], []
+    runs = [("plain", run_plain), ("hpo", run_hpo), ("plain, hpo's loss", run_plain_hpo_loss)]
     for repeat in range(repeats):
-        order = (("plain", run_plain), ("hpo", run_hpo)) if repeat % 2 == 0 else (("hpo", run_hpo), ("plain", run_plain))
+        order = runs if repeat % 2 == 0 else runs[::-1]
         seconds = {name: fn() for name, fn in order}
         ratios.append(seconds["plain"] / seconds["hpo"])
-        rows.append([repeat + 1, f"{tokens / seconds['plain']:.0f}", f"{tokens / seconds['hpo']:.0f}", f"{ratios[-1]:.3f}"])
+        rows.append([repeat + 1, f"{tokens / seconds['plain']:.0f}", f"{tokens / seconds['hpo']:.0f}", f"{ratios[-1]:.3f}",
+                     f"{tokens / seconds[runs[2][0]]:.0f}", f"{seconds['plain'] / seconds[runs[2][0]]:.3f}"])
         print(rows[-1], flush=True)
     return rows, ratios
 
@@ -150,6 +167,8 @@ def main() -> None:
     parser.add_argument("--validation", type=int, default=60)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--padded-batch-size", type=int, help="the padded run's batch size (default --batch-size); "
+                        "e.g. --batch-size 3 --padded-batch-size 8: about as many examples per step")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--only", choices=["loops", "packing"], help="run one of the two comparisons")
@@ -168,7 +187,8 @@ def main() -> None:
     if args.only != "packing":
         rows, ratios = compare_loops(packed, 0, args.repeats)
         print()
-        print(table(["pair", "plain PyTorch + PEFT tokens/s", "hpo tokens/s", "hpo / plain"], rows))
+        print(table(["round", "plain PyTorch + PEFT tokens/s", "hpo tokens/s", "hpo / plain",
+                     "plain with hpo's loss function tokens/s", "that / plain"], rows))
         print(f"\nmedian hpo / plain: {median(ratios):.3f} (goal >= 0.95)\n")
     if args.only != "loops":
         rows, ratios = compare_packing({True: packed, False: unpacked}, 0, args.repeats)
