@@ -72,7 +72,7 @@ class DataReport:
         out = []
         for name, split in self.splits.items():
             counts = {k: v for k, v in split.labels.items() if isinstance(v, int)}
-            if name == "train" and len(counts) >= 2 and min(counts.values()) > 0:
+            if name == "train" and len(counts) >= 2 and min(counts.values()) > 0 and not self.language_model:
                 big = max(counts, key=counts.get)
                 small = min(counts, key=counts.get)
                 ratio = counts[big] / counts[small]

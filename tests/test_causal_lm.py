@@ -127,6 +127,7 @@ def test_a_lora_sft_study_launches_retrains_exports_and_reloads_to_the_recorded_
     validated = hpo("validate", str(path), "--offline", cwd=tmp_path)
     assert validated.returncode == 0, validated.stderr
     assert "tokens    train: min" in validated.stdout, validated.stdout
+    assert "imbalanced" not in validated.stdout, "token lengths are not classes"
     for command in (["launch", str(path)], ["retrain", str(path)], ["export", str(path), "-o", str(tmp_path / "out"), "--merge"]):
         result = hpo(*command, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
