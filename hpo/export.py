@@ -120,10 +120,10 @@ def training_arguments(spec: StudySpec, winner: Winner) -> dict[str, Any]:
                      + (" and keep bf16 only where the GPU supports it (Ampere or newer)" if arguments.get("bf16") else ""))
     if major is not None and major >= 5:  # TrainingArguments renamed these in transformers 5
         arguments["warmup_steps"] = params.warmup_ratio  # a float below 1 is a ratio of the steps
-        arguments["train_sampling_strategy"] = "group_by_length" if spec.data.group_by_length else "random"
+        arguments["train_sampling_strategy"] = "group_by_length" if spec.data.grouped_by_length else "random"
     else:
         arguments["warmup_ratio"] = params.warmup_ratio
-        arguments["group_by_length"] = spec.data.group_by_length
+        arguments["group_by_length"] = spec.data.grouped_by_length
     adapter = adapter_settings(spec, winner)
     if adapter:
         notes.append("adapter: the LoRA adapter as peft.LoraConfig keyword arguments; the base stays frozen, "

@@ -150,7 +150,7 @@ class Objective:
     def train_config(self, params: TrainingParams, seed: int, max_examples: int | None = None) -> TrainConfig:
         return TrainConfig(
             params=params, runtime=self.runtime, seed=seed, points_per_epoch=self.spec.evaluation.points_per_epoch,
-            group_by_length=self.spec.data.group_by_length,
+            group_by_length=self.spec.data.grouped_by_length,
             class_weights=tuple(self.class_weights) if self.class_weights else None, max_examples=max_examples,
         )
 
