@@ -162,3 +162,15 @@ def run_study(spec, objective):
 def best_value(trials) -> float:
     values = [t.value for t in trials if t.value is not None]
     return max(values) if values else float("nan")
+
+
+def lora_study_file(storage: str, **options: Any) -> dict[str, Any]:
+    """The demo study file with ``adapter: lora`` (pass a LoRA ``search_space``)."""
+    return {**demo_study_file(storage, **options), "adapter": {"type": "lora"}}
+
+
+def lora_study(storage: str, **options: Any):
+    """The demo study with ``adapter: lora``, resized for a benchmark."""
+    from hpo.spec import parse_spec
+
+    return parse_spec(lora_study_file(storage, **options))
