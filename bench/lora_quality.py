@@ -9,8 +9,11 @@ winner's trainable fraction.
     python bench/lora_quality.py --seeds 0 1 2 --out /tmp/lora-quality
     python bench/lora_quality.py --report-only --seeds 0 1 2 --out /tmp/lora-quality
 
-Each launch takes 3-6 minutes on 2 shared CPU cores. Results of finished
-launches are kept in OUT/results.json, so a rerun skips them.
+Each launch takes 3-6 minutes on 2 quiet CPU cores (an hour under a load
+of 6 on 2 cores). Results of finished launches are kept in OUT/results.json,
+so a rerun skips them; ``--kinds`` runs one arm (two drivers can then run
+the arms side by side, under the same load); ``--report-only`` reads back
+studies launched but not timed by this script (a driver stopped early).
 """
 
 from __future__ import annotations
@@ -49,15 +52,19 @@ def launch(path: Path, log: Path) -> float:
     return time.perf_counter() - start
 
 
-def summarise(name: str, storage: str, wall: float) -> dict:
+def summarise(name: str, storage: str, wall: float | None) -> dict:
+    """What the study holds; ``wall`` is the launch's clock, None when the launch was not timed here."""
     import optuna
 
     trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
     done = [t for t in trials if t.value is not None]
     best = max(done, key=lambda t: t.value)
     attrs = best.user_attrs
+    ended = [t.datetime_complete for t in trials if t.datetime_complete]
+    search = (max(ended) - min(t.datetime_start for t in trials if t.datetime_start)).total_seconds()
     return {
-        "wall_s": round(wall, 1), "best": round(best.value, 4), "trials": len(trials),
+        "wall_s": round(wall, 1) if wall is not None else None, "search_s": round(search, 1),
+        "best": round(best.value, 4), "trials": len(trials),
         "complete": sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials),
         "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in trials),
         "examples": sum(t.user_attrs.get("examples_seen", 0) for t in trials),
@@ -71,17 +78,23 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/lora-quality"))
-    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--kinds", nargs="+", default=["lora", "full"], choices=["lora", "full"])
+    parser.add_argument("--report-only", action="store_true", help="launch nothing; studies already in OUT "
+                        "without a result (launched by hand) are read back, without a launch wall time")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results_file = args.out / "results.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
     for seed in args.seeds:
-        for kind in ("lora", "full"):  # alternating, so drifting load hits both alike
+        for kind in args.kinds:  # alternating, so drifting load hits both alike
             key = f"{kind}-{seed}"
-            if key in results or args.report_only:
+            if key in results:
                 continue
             path, name, storage = study_file(kind, seed, args.out)
+            if args.report_only:
+                if (args.out / f"{name}.db").exists():
+                    results[key] = summarise(name, storage, None)
+                continue
             print(f"launching {name} ...", flush=True)
             wall = launch(path, args.out / f"{name}.log")
             results[key] = summarise(name, storage, wall)
@@ -92,15 +105,15 @@ def main() -> None:
         for kind in ("lora", "full"):
             r = results.get(f"{kind}-{seed}")
             if r:
-                rows.append([kind, seed, r["best"], r["wall_s"], f"{r['complete']}/{r['pruned']}", r["examples"],
-                             r["train_s"], r["winner_fraction"]])
-    print(table(["study", "seed", "best val acc", "launch wall s", "complete/pruned", "examples", "train s (sum)",
-                 "winner trainable fraction"], rows))
+                rows.append([kind, seed, r["best"], r["wall_s"] or "-", r["search_s"], f"{r['complete']}/{r['pruned']}",
+                             r["examples"], r["train_s"], r["winner_fraction"]])
+    print(table(["study", "seed", "best val acc", "launch wall s", "search s (first start to last end)", "complete/pruned",
+                 "examples", "train s (sum)", "winner trainable fraction"], rows))
     for kind in ("lora", "full"):
         got = [results[f"{kind}-{s}"] for s in args.seeds if f"{kind}-{s}" in results]
         if got:
             mean = lambda key: sum(r[key] for r in got) / len(got)  # noqa: E731
-            print(f"{kind}: mean best {mean('best'):.4f}, mean wall {mean('wall_s'):.0f} s, "
+            print(f"{kind}: mean best {mean('best'):.4f}, mean search {mean('search_s'):.0f} s, "
                   f"mean examples {mean('examples'):.0f} over {len(got)} seeds")
 
 
