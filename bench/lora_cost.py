@@ -4,7 +4,8 @@
 
 Two objectives in one process on the same demo data (MiniLM-L6, the demo's
 ``max_length`` 128 by default): full fine-tuning (a fresh copy of the model,
-nothing frozen) and LoRA (a fresh adapter, r=8 on all linear layers, alpha 16),
+nothing frozen) and LoRA (a fresh adapter, r=8 on all linear layers, alpha 16,
+dropout ``--lora-dropout``),
 each trained one epoch with ``objective.train_model`` on the same batches,
 no evaluation. They alternate (ABAB) after one warm-up each; the table gives
 training examples per CPU-second of this process (with one torch thread, far
@@ -30,6 +31,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="runtime.precision of both")
+    parser.add_argument("--lora-dropout", type=float, default=0.05)
     args = parser.parse_args()
     quiet(args.threads)
 
@@ -39,17 +42,18 @@ def main() -> None:
     from objectives import build
 
     common = {"learning_rate": 1.0e-4, "batch_size": args.batch_size, "epochs": 1, "warmup_ratio": 0.1}
-    lora_space = {**common, "lora_r": 8, "lora_alpha_ratio": 2, "lora_dropout": 0.05, "lora_target": "all-linear"}
+    lora_space = {**common, "lora_r": 8, "lora_alpha_ratio": 2, "lora_dropout": args.lora_dropout, "lora_target": "all-linear"}
+    runtime = {"precision": args.precision} if args.precision != "auto" else None
     with tempfile.TemporaryDirectory() as tmp:
         full = build(demo_study(f"sqlite:///{tmp}/a.db", train=args.train, max_length=args.max_length,
-                                search_space={**common, "freeze_depth": 0}))
+                                search_space={**common, "freeze_depth": 0}, runtime=runtime))
         lora = build(lora_study(f"sqlite:///{tmp}/b.db", train=args.train, max_length=args.max_length,
-                                search_space=lora_space))
+                                search_space=lora_space, runtime=runtime))
     runs = {"full": (full, TrainingParams.from_values({**common, "freeze_depth": 0})),
             "lora": (lora, TrainingParams.from_values(lora_space))}
     n = len(full.train)
     print(f"{n} reviews, max_length {args.max_length}, batch {args.batch_size}, torch threads {torch.get_num_threads()}, "
-          f"precision {full.runtime.precision}")
+          f"precision {full.runtime.precision}, LoRA dropout {args.lora_dropout}")
 
     def run(kind: str) -> tuple[float, float, float]:
         objective, params = runs[kind]
