@@ -57,7 +57,8 @@ def summarise(name: str, storage: str, wall: float | None) -> dict:
     import optuna
 
     trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
-    done = [t for t in trials if t.value is not None]
+    # Only complete trials: Optuna stores a pruned trial's last reported value (here the loss) as its value.
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     best = max(done, key=lambda t: t.value)
     attrs = best.user_attrs
     ended = [t.datetime_complete for t in trials if t.datetime_complete]
@@ -71,6 +72,7 @@ def summarise(name: str, storage: str, wall: float | None) -> dict:
         "train_s": round(sum(t.user_attrs.get("train_seconds", 0) for t in trials), 1),
         "winner_fraction": attrs.get("trainable_fraction"),
         "winner_params": {k: v for k, v in best.params.items()},
+        "finished": sum(t.state.is_finished() for t in trials),
     }
 
 
