@@ -266,3 +266,14 @@ def sft_files(train: int = 160, validation: int = 60) -> dict[str, Path]:
         paths[split].write_text("".join(json.dumps(r) + "\n" for r in rows[start : start + size]))
         start += size
     return paths
+
+def lora_study_file(storage: str, **options: Any) -> dict[str, Any]:
+    """The demo study file with ``adapter: lora`` (pass a LoRA ``search_space``)."""
+    return {**demo_study_file(storage, **options), "adapter": {"type": "lora"}}
+
+
+def lora_study(storage: str, **options: Any):
+    """The demo study with ``adapter: lora``, resized for a benchmark."""
+    from hpo.spec import parse_spec
+
+    return parse_spec(lora_study_file(storage, **options))
