@@ -160,7 +160,11 @@ def run_study(spec, objective):
 
 
 def best_value(trials) -> float:
-    values = [t.value for t in trials if t.value is not None]
+    """The best complete trial's value. Not a pruned one's: Optuna stores a pruned trial's last
+    reported value as its value, which with ``pruner.metric: loss`` is a loss, not the metric."""
+    from optuna.trial import TrialState
+
+    values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     return max(values) if values else float("nan")
 
 
