@@ -45,6 +45,8 @@ def _quiet_libraries() -> None:
     from optuna.exceptions import ExperimentalWarning
 
     warnings.filterwarnings("ignore", category=ExperimentalWarning)
+    # PEFT asks transformers 5 a renamed question on every adapter it attaches: once per trial.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*is deprecated", category=FutureWarning)
     logging.getLogger("optuna").setLevel(logging.WARNING)
 
 
