@@ -41,7 +41,7 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
     return _leading_specials(tokenizer) + tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
 
-def _prompt_completion(row, tokenizer, max_length: int, truncation: str):
+def _prompt_completion(row, tokenizer):
     prompt = prompt_ids(tokenizer, row["prompt"])
     completion = tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
     if tokenizer.eos_token_id is not None:
@@ -54,7 +54,7 @@ def _render(tokenizer, turns, generation_prompt: bool) -> list[int]:
     return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
 
-def _messages(row, tokenizer, max_length: int, truncation: str):
+def _messages(row, tokenizer):
     turns = row["messages"]
     ids = _render(tokenizer, turns, False)
     labels = [IGNORE] * len(ids)
@@ -73,7 +73,7 @@ def _messages(row, tokenizer, max_length: int, truncation: str):
 def encode_row(row, tokenizer, data: DataSpec) -> tuple[list[int], list[int], int]:
     """(input ids, labels, status): status 0 fits, 1 truncated from the left (prompt cut), 2 dropped."""
     encode = _messages if data.format == "messages" else _prompt_completion
-    ids, labels = encode(row, tokenizer, data.max_length, data.truncation)
+    ids, labels = encode(row, tokenizer)
     if len(ids) <= data.max_length:
         return ids, labels, 0
     if data.truncation == "drop":
