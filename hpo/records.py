@@ -334,3 +334,33 @@ def keep_lost_result(study: optuna.Study, number: int, entry: LostResult) -> Los
     kept = LostResults(trials={**lost.trials, number: entry})
     study.set_user_attr(LostResults.ATTR, kept.dump())
     return kept
+
+
+# --- on each trial: where its training state was saved ----------------------------------
+
+
+class CheckpointRecord(Record):
+    """One saved training state of a trial (trial attribute ``checkpoint``; ``resume_from`` on its retry).
+
+    The record is written only after the bytes are in the store, and names their
+    SHA-256: a checkpoint whose write was cut short, or whose file was replaced,
+    is never taken for this one.
+    """
+
+    kind: ClassVar[str] = "checkpoint record"
+    remedy: ClassVar[str] = "the trial starts from scratch"
+
+    schema_version: Literal[1] = 1
+    artifact_id: str  # the key in the study's checkpoint store
+    sha256: str
+    bytes: int
+    trial: int  # the number of the trial that wrote it
+    examples: int  # budget units trained when it was written
+    points: int  # evaluation points it holds
+    write_seconds: float
+    final: bool = False  # the end of training (keep: best), not a state to resume
+
+    @classmethod
+    def of(cls, attrs: Mapping[str, Any], attr: str) -> "CheckpointRecord | None":
+        raw = attrs.get(attr)
+        return None if raw is None else cls.read(raw, f"trial attribute {attr!r}")

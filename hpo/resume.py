@@ -31,6 +31,7 @@ MAY_CHANGE = (
     "n_trials", "timeout", "trial_timeout", "retrain.", "heartbeat.", "runtime.num_threads", "runtime.device",
     "runtime.gradient_checkpointing",  # memory against time; the same weights
     "sampler.", "pruner.", "evaluation.batch_size", "data.test",
+    "checkpoints", "checkpoints.",  # where and how often running trials are saved; not what they compute
 )
 # ...except these, which the rule above would let through.
 MAY_NOT_CHANGE = ("pruner.metric",)

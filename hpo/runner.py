@@ -28,6 +28,7 @@ from typing import Any, Callable, Protocol
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo import checkpoints
 from hpo import optuna_compat as compat
 from hpo import storage as storage_lib
 from hpo.errors import FatalTrialError
@@ -126,7 +127,7 @@ def open_study(spec: StudySpec, options: WorkerOptions, study_attrs: dict[str, A
             spec.storage,
             heartbeat_interval=spec.heartbeat.interval,
             grace_period=spec.heartbeat.grace_period,
-            stale_trial_callback=lambda study, trial: requeue(study, trial, "worker lost (no heartbeat)", spec.heartbeat.max_retry),
+            stale_trial_callback=lambda study, trial: requeue(study, trial, "worker lost (no heartbeat)", spec),
         )
         probe = optuna.create_study(study_name=spec.name, storage=store, direction=spec.direction, load_if_exists=True)
         started = len(probe.get_trials(deepcopy=False))
@@ -162,23 +163,32 @@ def _sampler_seed(spec: StudySpec, options: WorkerOptions, started: int) -> int:
     return int.from_bytes(hashlib.sha256(identity.encode()).digest()[:4], "big")
 
 
-def requeue(study: optuna.Study, failed: FrozenTrial, reason: str, max_retry: int) -> None:
+def requeue(study: optuna.Study, failed: FrozenTrial, reason: str, spec: StudySpec) -> None:
     """Queue a lost trial again with the same parameters, linked to the original.
 
     Keeps Optuna's ``failed_trial``/``retry_history`` system attributes, so
     ``RetryHeartbeatStaleTrialCallback.retried_trial_number`` works on our studies.
+    With checkpoints, the retry inherits the latest one of its line (``resume_from``).
     """
+    max_retry = spec.heartbeat.max_retry
     history = [*failed.system_attrs.get("retry_history", []), failed.number]
     if len(history) > max_retry:
         log.warning("trial %d lost (%s); not retried: %d retries already", failed.number, reason, max_retry)
+        if spec.checkpoints is not None:
+            checkpoints.release(checkpoints.open_store(spec.checkpoints), failed)
         return
-    log.warning("trial %d lost (%s); queued again with the same parameters", failed.number, reason)
+    carried = {}
+    if spec.checkpoints is not None:
+        checkpoints.drop_unfinished(checkpoints.open_store(spec.checkpoints), failed)
+        carried = checkpoints.carried(failed)
+    log.warning("trial %d lost (%s); queued again with the same parameters%s", failed.number, reason,
+                ", to resume from its checkpoint" if carried else "")
     study.add_trial(
         optuna.create_trial(
             state=TrialState.WAITING,
             params=failed.params,
             distributions=failed.distributions,
-            user_attrs={"retry_of": failed.number, "retry_reason": reason},
+            user_attrs={"retry_of": failed.number, "retry_reason": reason, **carried},
             system_attrs={"failed_trial": failed.system_attrs.get("failed_trial", failed.number), "retry_history": history},
         )
     )
@@ -378,6 +388,17 @@ def _keep_lost_result(study: optuna.Study, spec: StudySpec, trial: optuna.Trial,
                 return  # written, and not overwritten by a writer that slipped in while the lock was gone
 
 
+def _tidy_checkpoints(study: optuna.Study, frozen: FrozenTrial, spec: StudySpec) -> None:
+    """A trial that will not be resumed gives its checkpoints back; keep: best keeps the best one's end state."""
+    if spec.checkpoints is None:
+        return
+    store = checkpoints.open_store(spec.checkpoints)
+    checkpoints.release(store, frozen)
+    if spec.checkpoints.keep == "best":
+        with storage_lib.budget_lock(spec.storage, spec.name):
+            checkpoints.keep_if_best(store, study, compat.storage_of(study).get_trial(compat.trial_id(frozen)))
+
+
 def run_worker(
     spec: StudySpec, objective: Objective, options: WorkerOptions, study_attrs: dict[str, Any] | None = None
 ) -> Counts:
@@ -417,9 +438,11 @@ def _work(spec: StudySpec, objective: Objective, options: WorkerOptions, study_a
         outcome = _run_one(study, trial, objective, spec, guard)
         frozen, ours = _record(study, trial, outcome, spec)
         reason = outcome.reason
+        if ours and reason != "preempted":  # a preempted trial's retry resumes from its checkpoint
+            _tidy_checkpoints(study, frozen, spec)
         if reason in ("preempted", "interrupted"):
             if reason == "preempted" and ours:
-                requeue(study, frozen, "preempted", spec.heartbeat.max_retry)
+                requeue(study, frozen, "preempted", spec)
             raise Preempted() if reason == "preempted" else KeyboardInterrupt()
         if options.on_trial_end:
             counts = count(study)

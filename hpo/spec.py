@@ -387,6 +387,37 @@ class HeartbeatSpec(Strict):
         return self
 
 
+class CheckpointSpec(Strict):
+    """Where running trials keep what resuming needs, so a preempted or lost trial goes on from there.
+
+    ``store`` is a folder every worker reaches (relative paths are relative to
+    the study file) or ``s3://bucket/prefix``; Optuna's artifact stores do the
+    writing. A checkpoint holds the trainable weights (the adapter, or the
+    layers above ``freeze_depth``), optimizer, scheduler and RNG states and the
+    position in the batch order; never the frozen base.
+    """
+
+    store: str = Field(min_length=1)
+    # point: at every evaluation point; a number: also every that many seconds (at a batch boundary).
+    every: Literal["point"] | Annotated[float, Field(gt=0)] = "point"
+    # running: a trial's checkpoint is deleted when it ends; best: the best complete trial's
+    # final trainable weights stay (one at a time) for `hpo export --from-checkpoint`.
+    keep: Literal["running", "best"] = "running"
+
+    @field_validator("store")
+    @classmethod
+    def _store_kind(cls, value: str) -> str:
+        if value.startswith("s3://") and not value[len("s3://"):].split("/", 1)[0]:
+            raise ValueError("s3:// needs a bucket: s3://bucket/prefix")
+        if "://" in value and not value.startswith("s3://"):
+            raise ValueError("a folder path or s3://bucket/prefix")
+        return value
+
+    @property
+    def seconds(self) -> float | None:
+        return None if self.every == "point" else float(self.every)
+
+
 class StudySpec(Strict):
     name: str = Field(min_length=1, max_length=200)  # also a folder name (retrained/<name>/model)
     storage: str = DEFAULT_STORAGE
@@ -408,6 +439,7 @@ class StudySpec(Strict):
     runtime: RuntimeSpec = RuntimeSpec()
     adapter: AdapterSpec = AdapterSpec()
     heartbeat: HeartbeatSpec = HeartbeatSpec()
+    checkpoints: CheckpointSpec | None = None  # absent: a lost trial starts again from scratch
     search_space: dict[str, Dimension]
 
     @field_validator("name", "model")
@@ -727,6 +759,9 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     folder = model_folder(raw.get("model"), base)
     if folder is not None:
         raw["model"] = str(folder.resolve())
+    checkpoints = raw.get("checkpoints")
+    if isinstance(checkpoints, dict) and isinstance(checkpoints.get("store"), str) and "://" not in checkpoints["store"]:
+        raw["checkpoints"] = {**checkpoints, "store": str((base / Path(checkpoints["store"]).expanduser()).resolve())}
     return raw
 
 

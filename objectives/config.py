@@ -7,7 +7,7 @@ new setting is one field here and one line where it is used.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 from hpo.params import TrainingParams
 from objectives.runtime import Runtime
@@ -32,9 +32,16 @@ class EvalConfig:
     batch_size: int = 64
 
 
+class Checkpointing(Protocol):
+    def boundary(self, at_point: bool, capture: Callable[[], dict]) -> None:
+        """An optimizer-step boundary (``at_point``: an evaluation point came since the last one);
+        calls ``capture`` and saves when a checkpoint is due; may raise to stop (preemption)."""
+
+
 @dataclass(frozen=True)
 class Hooks:
     """What the caller wants to hear while training: the search reports and prunes, retrain logs."""
 
     on_eval: Callable | None = None  # called with each EvalPoint; may raise to stop (a pruned trial)
     on_batch: Callable[[int, int], None] | None = None  # (examples seen, examples in all)
+    checkpoint: Checkpointing | None = None  # offered the run's state at each optimizer step

@@ -15,40 +15,18 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from hpo.params import TrainingParams
-from objectives import compat
+from objectives import compat, loop_state
 from objectives.batching import batch_order
 from objectives.config import EvalConfig, Hooks, TrainConfig
 from objectives.heads import Head
+from objectives.results import EvalPoint, TrainResult
 from objectives.runtime import Runtime
-
-
-@dataclass(frozen=True)
-class EvalPoint:
-    examples: int  # nominal budget units seen (examples, or tokens): the step reported to the pruner
-    epoch: float
-    metrics: dict[str, float]
-    last: bool = False  # no scheduled point follows: the training is done
-
-
-@dataclass
-class TrainResult:
-    points: list[EvalPoint] = field(default_factory=list)
-    best: EvalPoint | None = None
-    examples_seen: int = 0
-    train_loss: float = float("nan")
-    train_seconds: float = 0.0
-    eval_seconds: float = 0.0
-    stopped_early: bool = False
-
-    @property
-    def examples_per_second(self) -> float:
-        return self.examples_seen / self.train_seconds if self.train_seconds > 0 else 0.0
 
 
 def _optimizer(model: torch.nn.Module, params: TrainingParams, device: torch.device) -> torch.optim.Optimizer:
@@ -147,6 +125,7 @@ def fine_tune(
     evaluation: EvalConfig,
     hooks: Hooks = Hooks(),
     result: TrainResult | None = None,
+    resume: dict | None = None,
 ) -> TrainResult:
     """Train in place; evaluate at each target and remember the best point.
 
@@ -160,6 +139,10 @@ def fine_tune(
     without a new best (``stopped_early``); the best point stays the result.
     With ``gradient_accumulation_steps`` > 1 the optimizer steps once per that
     many batches, and the schedule counts optimizer steps.
+
+    ``hooks.checkpoint`` is offered the run's state at every optimizer-step
+    boundary (it saves when due); ``resume`` is such a state (objectives.loop_state),
+    from which the run goes on exactly as it would have without the stop.
     """
     from transformers import get_scheduler, set_seed
 
@@ -178,12 +161,29 @@ def fine_tune(
     result = result if result is not None else TrainResult()
     # Per-step losses stay tensors: float() on each would wait for the GPU every step.
     losses: deque[torch.Tensor] = deque(maxlen=max(1, schedule.steps_per_epoch))
+    position = loop_state.Position()
+    if resume is not None:
+        restored = loop_state.restore(resume, model, optimizer, scheduler, result)
+        position, scorer.stalled, schedule.targets = restored.position, restored.stalled, restored.targets
+        losses.extend(torch.tensor(x) for x in restored.losses)
+
+    def capture() -> dict:
+        return loop_state.capture(model, optimizer, scheduler, position, losses, result, scorer.stalled, schedule.targets)
+
     accumulate = params.gradient_accumulation_steps
-    seen = micro = 0  # micro: batches since the last optimizer step
+    seen, micro = position.seen, 0  # micro: batches since the last optimizer step
+    point_passed = False  # an evaluation point since the last boundary offered to hooks.checkpoint
     train_start = time.perf_counter()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    for _ in range(params.epochs):
-        for indices in batch_order(train.lengths, params.batch_size, rng, config.group_by_length):
+    for epoch in range(position.epoch, params.epochs):
+        if seen >= schedule.total or result.stopped_early:
+            break
+        if epoch == position.epoch and position.epoch_rng is not None:
+            rng.bit_generator.state = position.epoch_rng  # the resumed epoch's batches, in the same order
+        else:
+            position = loop_state.Position(epoch=epoch, batch=0, epoch_rng=rng.bit_generator.state, seen=seen)
+        batches = batch_order(train.lengths, params.batch_size, rng, config.group_by_length)
+        for indices in batches[position.batch:]:
             batch = train.batch(indices, runtime.device)
             labels = batch.pop("labels")
             with _autocast(runtime):
@@ -199,17 +199,23 @@ def fine_tune(
                 optimizer.zero_grad(set_to_none=True)
                 micro = 0
             losses.append(loss.detach())
+            position.batch, position.seen = position.batch + 1, seen
             if hooks.on_batch:
                 hooks.on_batch(seen, schedule.total)
             while schedule.targets and seen >= schedule.targets[0] and not result.stopped_early:
                 result.train_seconds += time.perf_counter() - train_start
                 result.examples_seen = seen
                 scorer.score(model, schedule.targets.pop(0), schedule.per_epoch, result, last=not schedule.targets)
+                point_passed = True
+                train_start = time.perf_counter()
+            if hooks.checkpoint is not None and micro == 0:
+                result.train_seconds += time.perf_counter() - train_start
+                result.examples_seen = seen
+                hooks.checkpoint.boundary(point_passed, capture)  # may raise: a preempted trial, once saved
+                point_passed = False
                 train_start = time.perf_counter()
             if seen >= schedule.total or result.stopped_early:
                 break
-        if seen >= schedule.total or result.stopped_early:
-            break
     result.train_seconds += time.perf_counter() - train_start
     result.examples_seen = seen
     result.train_loss = float(torch.stack(list(losses)).float().mean()) if losses else float("nan")

@@ -1,0 +1,98 @@
+"""A trial's checkpoints as the objective sees them: what to resume from, and when to save.
+
+The store and the records are the search's (``hpo.checkpoints``), reached
+through the Optuna trial; the payload is the loop's state
+(``objectives.loop_state``). A checkpoint that cannot be used (missing,
+truncated, replaced, written for other parameters) never resumes wrong
+weights and never fails the trial: the trial starts from scratch and says why
+in its ``checkpoint_warning`` attribute.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import optuna
+
+from hpo import checkpoints
+from hpo.signals import Deferral, Preempted
+from hpo.spec import CheckpointSpec, StudySpec
+from objectives import loop_state
+from objectives.results import EvalPoint
+
+log = logging.getLogger("objectives.checkpointing")
+
+
+def identity(spec: StudySpec, trial: optuna.Trial) -> dict[str, Any]:
+    """What a checkpoint must have been written for to be resumed by this trial."""
+    return {"study": spec.name, "params": dict(sorted(trial.params.items())), "seed": spec.seed, "model": spec.model,
+            "task": spec.task, "adapter": spec.adapter.type}
+
+
+@dataclass
+class Resume:
+    """A checked state to resume from, and the points it already reported."""
+
+    state: dict[str, Any]
+    points: list[EvalPoint]
+    examples: int
+    from_trial: int
+
+
+@dataclass
+class TrialSaver:
+    """Offered the loop's state at every optimizer step; saves at evaluation points, every N seconds, and on SIGTERM."""
+
+    files: checkpoints.TrialCheckpoints
+    spec: CheckpointSpec
+    identity: dict[str, Any]
+    deferral: Deferral
+    last: float = field(default_factory=time.monotonic)
+    written: list[checkpoints.CheckpointRecord] = field(default_factory=list)
+
+    def boundary(self, at_point: bool, capture: Callable[[], dict]) -> None:
+        stopping = self.deferral.requested
+        timed = self.spec.seconds is not None and time.monotonic() - self.last >= self.spec.seconds
+        if at_point or timed or stopping:
+            self._save(capture(), "SIGTERM" if stopping else "evaluation point" if at_point else "timer")
+        if stopping:
+            raise Preempted()
+
+    def _save(self, state: dict[str, Any], why: str) -> None:
+        start = time.perf_counter()
+        state["identity"] = self.identity
+        payload = loop_state.to_bytes(state)
+        seen, points = state["position"]["seen"], len(state["result"]["points"])
+        record = self.files.save(payload, examples=seen, points=points)
+        self.last = time.monotonic()
+        self.written.append(record)
+        note = ""
+        if why == "SIGTERM" and self.deferral.requested_at is not None:
+            note = f"; {time.monotonic() - self.deferral.requested_at:.2f} s after SIGTERM"
+        log.info("trial %d: checkpoint at %d (%s) written in %.2f s, %.1f MB%s", self.files.trial.number, seen, why,
+                 time.perf_counter() - start, record.bytes / 1e6, note)
+
+    def save_final(self, model) -> None:
+        """keep: best: the trainable weights at the end, for export; the runner keeps only the best trial's."""
+        payload = loop_state.to_bytes({"format": loop_state.FORMAT, "identity": self.identity, "final": True,
+                                       "model": loop_state.trainable_state(model)})
+        self.files.save(payload, examples=0, points=0, final=True)
+
+
+def resume_point(files: checkpoints.TrialCheckpoints, expected: dict[str, Any], model) -> Resume | None:
+    """The predecessor's state when it is sound and fits ``model``; None (with a warning on the trial) otherwise."""
+    try:
+        found = files.resume_bytes()
+        if found is None:
+            return None
+        payload, record = found
+        state = loop_state.from_bytes(payload)
+        loop_state.check_identity(state, expected)
+        loop_state.check_fits(state, model)
+    except (checkpoints.CheckpointUnusable, loop_state.StateMismatch) as exc:
+        files.warn(f"{exc}; started from scratch")
+        return None
+    return Resume(state, loop_state.points(state), int(state["position"]["seen"]), record.trial)
