@@ -33,6 +33,26 @@ class Winner:
     record: RetrainRecord | None  # once the study was retrained
 
 
+def kept_winner(study: optuna.Study, spec: StudySpec) -> tuple[Winner, bytes]:
+    """The trial whose final state ``checkpoints.keep: best`` kept, and that state's bytes, checked."""
+    from hpo import checkpoints
+
+    if spec.checkpoints is None or spec.checkpoints.keep != "best":
+        raise UserError("--from-checkpoint exports the best trial's kept weights: the study needs "
+                        "checkpoints.keep: best (set it and launch again; trials finished before keep nothing)")
+    found = checkpoints.kept(study)
+    if found is None:
+        raise UserError(f"study {spec.name!r} has kept no trial's weights yet (checkpoints.keep: best keeps the best "
+                        "complete trial's); launch it, or run `hpo retrain` and export without --from-checkpoint")
+    number, record = found
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    try:
+        payload = checkpoints.read(checkpoints.open_store(spec.checkpoints), record)
+    except checkpoints.CheckpointUnusable as exc:
+        raise UserError(f"--from-checkpoint: the {exc}; run `hpo retrain` and export without it") from None
+    return Winner(trial, None), payload
+
+
 def find_winner(study: optuna.Study, spec: StudySpec) -> Winner:
     record = retrain.recorded(study)
     if record:
@@ -230,11 +250,14 @@ def _reason(exc: OSError) -> str:
     return f"{exc.strerror or exc}{where}"
 
 
-def write_folder(target: Path, files: dict[str, str], model: Path | None, merge: Callable[[Path, Path], None] | None = None) -> None:
+def write_folder(target: Path, files: dict[str, str], model: Path | Callable[[Path], None] | None,
+                 merge: Callable[[Path, Path], None] | None = None) -> None:
     """Stage every file beside ``target``, then swap the folder in whole.
 
-    ``merge(adapter_dir, out_dir)``, given with an adapter model, writes the
-    adapter folded into its base as ``merged/`` (the objective does that model work).
+    ``model`` is a folder to copy (the retrained model) or a function that
+    writes one (the kept checkpoint, ``--from-checkpoint``). ``merge(adapter_dir,
+    out_dir)``, given with an adapter model, writes the adapter folded into its
+    base as ``merged/`` (the objective does that model work).
     """
     _check_target(target)
     staging = None
@@ -242,8 +265,11 @@ def write_folder(target: Path, files: dict[str, str], model: Path | None, merge:
         staging = atomic.staging_dir(target)
         for name, text in files.items():
             (staging / name).write_text(text, encoding="utf-8")
-        if model is not None:
+        if callable(model):
+            model(staging / "model")
+        elif model is not None:
             shutil.copytree(model, staging / "model", ignore=shutil.ignore_patterns(retrain.RUN_FILE))
+        if model is not None:
             if merge is not None:
                 merge(staging / "model", staging / "merged")
         atomic.replace_dir(staging, target)
@@ -255,20 +281,25 @@ def write_folder(target: Path, files: dict[str, str], model: Path | None, merge:
 
 
 def export_folder(target: Path, spec: StudySpec, study: optuna.Study, winner: Winner,
-                  merge: Callable[[Path, Path], None] | None = None) -> Path | None:
-    """Write the whole export; returns the model folder copied, or None when there is none yet."""
-    model = model_folder(winner)
+                  merge: Callable[[Path, Path], None] | None = None,
+                  kept: Callable[[Path], None] | None = None) -> Path | Callable[[Path], None] | None:
+    """Write the whole export; returns the model folder copied (or its writer), or None when there is none yet.
+
+    ``kept`` writes the winner's own weights from the search (``--from-checkpoint``) in
+    place of a retrained model; the winner is then the trial whose state was kept.
+    """
+    model = kept or model_folder(winner)
     if merge is not None and spec.adapter.type == "none":
         raise UserError("--merge folds an adapter into its base; this study fine-tunes the whole model (adapter.type none)")
     if merge is not None and model is None:
-        raise UserError("--merge needs the retrained adapter: run `hpo retrain` first")
+        raise UserError("--merge needs the retrained adapter: run `hpo retrain` first, or export --from-checkpoint")
     args = training_arguments(spec, winner)
     metrics = metrics_document(spec, winner)
     files = {
         "best.yaml": best_yaml(spec, winner),
         "training_args.json": json.dumps(args, indent=2) + "\n",
         "metrics.json": json.dumps(metrics, indent=2) + "\n",
-        "README.md": modelcard.render(spec, study, winner.trial, winner.record),
+        "README.md": modelcard.render(spec, study, winner.trial, winner.record, from_checkpoint=kept is not None),
     }
     write_folder(target, files, model, merge)
     return model

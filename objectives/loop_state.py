@@ -126,10 +126,7 @@ def restore(state: dict[str, Any], model, optimizer, scheduler, result: TrainRes
         scheduler.load_state_dict(state["scheduler"])
     except (ValueError, KeyError, RuntimeError) as exc:
         raise StateMismatch(f"optimizer state does not fit: {exc}") from None
-    with torch.no_grad():
-        current = model.state_dict(keep_vars=True)
-        for name, tensor in state["model"].items():
-            current[name].copy_(tensor)
+    load_weights(model, state["model"])
     saved = state["result"]
     result.points = points(state)
     result.best = result.points[saved["best"]] if saved["best"] is not None else None
@@ -137,6 +134,14 @@ def restore(state: dict[str, Any], model, optimizer, scheduler, result: TrainRes
     result.train_seconds, result.eval_seconds = saved["train_seconds"], saved["eval_seconds"]
     _set_rng_states(state["rng"])
     return Restored(Position(**state["position"]), state["losses"], state["stalled"], state["targets"])
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Copy saved trainable weights into the model in place (names and shapes checked by ``check_fits``)."""
+    with torch.no_grad():
+        current = model.state_dict(keep_vars=True)
+        for name, tensor in weights.items():
+            current[name].copy_(tensor)
 
 
 def _result_dict(result: TrainResult) -> dict[str, Any]:

@@ -240,7 +240,7 @@ class Objective:
             trial.set_user_attr(checkpoints.RESUMED_ATTR, resume.examples)
             log.info("trial %d: resuming trial %d's checkpoint at %d %s", trial.number, resume.from_trial,
                      resume.examples, self.task.inputs.unit)
-        with deferred_preemption() as deferral:
+        with deferred_preemption(self.spec.checkpoints.sigterm_wait) as deferral:
             yield checkpointing.TrialSaver(files, self.spec.checkpoints, expected, deferral), resume
 
     def _reporter(self, trial: optuna.Trial):

@@ -9,6 +9,8 @@ lets each test choose how long a trial lasts. Usage:
 ``hang`` loops in Python in trial 0 (the soft trial_timeout ends it);
 ``native-hang`` also ignores SIGALRM there, as code that never returns to
 Python would, so only the hard limit (an exit with code 124) ends it.
+``deferred`` asks for SIGTERM to be deferred (as a checkpointing trial does)
+and then never looks at the request, as a loop stuck in a long evaluation.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 import time
 
 from hpo.runner import Preempted, WorkerOptions, run_worker
+from hpo.signals import deferred_preemption
 from hpo.spec import load_spec
 
 
@@ -32,6 +35,9 @@ def main() -> int:
     def objective(trial):
         params = spec.sample(trial)
         print(f"started trial {trial.number}", flush=True)
+        if mode == "deferred":
+            with deferred_preemption(hard_after=1.5):
+                time.sleep(seconds)
         steps = 5
         for step in range(1, steps + 1):
             time.sleep(seconds / steps)

@@ -30,7 +30,7 @@ from objectives import build, loop_state
 from objectives.config import Hooks
 from objectives.results import TrainResult
 
-from conftest import hpo, study_dict
+from conftest import hpo, lm_study, study_dict
 
 pytestmark = pytest.mark.slow
 
@@ -230,6 +230,20 @@ def test_a_run_resumed_at_any_step_equals_the_run_never_stopped(tmp_path, tiny_m
         assert resumed.examples_seen == whole.examples_seen
 
 
+def test_a_packed_language_model_run_resumes_exactly_counted_in_tokens(tmp_path, tiny_decoder, lm_data):
+    study = lm_study(tiny_decoder, lm_data, storage=f"sqlite:///{tmp_path / 'hpo.db'}", adapter={"type": "lora"})
+    objective = build(parse_spec(study))
+    params = TrainingParams.from_values({"learning_rate": 5e-3, "batch_size": 4, "epochs": 2, "lora_r": 4,
+                                         "lora_dropout": 0.1})
+    whole = _train(objective, params)
+    stopper = _StopAt(3)
+    _train(objective, params, Hooks(checkpoint=stopper))
+    resumed = _train(objective, params, resume=stopper.state)
+    assert [p.examples for p in resumed.points] == [p.examples for p in whole.points]  # completion tokens
+    for a, b in zip(resumed.points, whole.points):
+        assert a.metrics == pytest.approx(b.metrics, abs=1e-6)
+
+
 def test_a_checkpoint_holds_the_trainable_weights_only(tmp_path, tiny_model, tiny_data):
     study = study_dict(tiny_model, tiny_data, storage=f"sqlite:///{tmp_path / 'hpo.db'}", adapter={"type": "lora"})
     objective = build(parse_spec(study))
@@ -263,3 +277,45 @@ def test_an_unusable_checkpoint_never_resumes_and_never_fails_the_trial(tmp_path
                 "not-a-checkpoint": "not a checkpoint torch can read"}[damage]
     assert expected in warning, warning
     assert list((tmp_path / "checkpoints").iterdir()) == []
+
+
+def test_every_n_seconds_saves_between_evaluation_points(tmp_path, tiny_model, tiny_data, caplog):
+    study = checkpointed(tiny_model, tiny_data, tmp_path, f"sqlite:///{tmp_path / 'hpo.db'}", epochs=3)
+    study["checkpoints"]["every"] = 0.001  # at every optimizer step, in effect
+    spec = parse_spec(study)
+    with caplog.at_level("INFO", logger="objectives.checkpointing"):
+        run_worker(spec, build(spec), WorkerOptions())
+    saved = [r.getMessage() for r in caplog.records if "checkpoint at" in r.getMessage()]
+    assert any("(timer)" in m for m in saved) and any("(evaluation point)" in m for m in saved), saved[:3]
+    assert len(saved) == 30, "one per optimizer step: 3 epochs of 10 batches"
+    assert list((tmp_path / "checkpoints").iterdir()) == []
+
+
+def test_keep_best_keeps_one_final_state_and_exports_it_without_a_retrain(tmp_path, tiny_model, tiny_data):
+    from transformers import AutoModelForSequenceClassification
+
+    study = study_dict(tiny_model, tiny_data, n_trials=3, storage=f"sqlite:///{tmp_path / 'hpo.db'}",
+                       pruner={"type": "none"}, checkpoints={"store": str(tmp_path / "checkpoints"), "keep": "best"})
+    path = write(tmp_path, study)
+    spec = parse_spec(study)
+    objective = build(spec)
+    run_worker(spec, objective, WorkerOptions(), objective.describe())
+    optuna_study = optuna.load_study(study_name=spec.name, storage=spec.storage)
+    number, record = checkpoints.kept(optuna_study)
+    assert number == optuna_study.best_trial.number
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [record.artifact_id], "only the best trial's state stays"
+
+    result = hpo("export", str(path), "-o", str(tmp_path / "export"), "--from-checkpoint", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"(trial #{number}, its own weights from the search, not retrained)" in result.stdout
+    assert "Not retrained and not tested" in (tmp_path / "export" / "README.md").read_text()
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "export" / "model")
+    scored = objective.evaluate(model, objective.validation, fp32=True)
+    best = optuna_study.best_trial
+    assert scored["loss"] == pytest.approx(best.user_attrs["curve"]["loss"][-1], abs=1e-5), "the weights at the end of the trial"
+
+
+def test_export_from_checkpoint_without_keep_best_exits_2_with_one_line(launched_study, tmp_path):
+    result = hpo("export", str(launched_study.path), "-o", str(tmp_path / "export"), "--from-checkpoint", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "checkpoints.keep: best" in result.stderr, result.stderr

@@ -314,3 +314,17 @@ def test_ctrl_c_stops_every_worker_cleanly(make_study):
     assert parent.wait(timeout=60) == 130
     states = [t.state for t in trials(path)]
     assert states and TrialState.RUNNING not in states, states
+
+
+def test_a_deferred_sigterm_that_the_trial_never_acts_on_still_stops_the_worker_in_time(tmp_path):
+    """A checkpointing trial defers SIGTERM to its next step; one stuck elsewhere is stopped after the wait."""
+    study = sleepy_study(tmp_path, f"sqlite:///{tmp_path / 'hpo.db'}", n_trials=1)
+    process = start(study, 0, 60, "deferred")
+    wait_for_trial(process)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 143
+    took = time.monotonic() - sent
+    assert 1.4 < took < 10, f"exited {took:.1f} s after SIGTERM; the wait is 1.5 s"
+    first, retry = trials(study)
+    assert first.user_attrs["fail_reason"] == "preempted" and retry.state == TrialState.WAITING
