@@ -399,7 +399,7 @@ class CheckpointSpec(Strict):
 
     store: str = Field(min_length=1)
     # point: at every evaluation point; a number: also every that many seconds (at a batch boundary).
-    every: Literal["point"] | Annotated[float, Field(gt=0)] = "point"
+    every: Literal["point"] | float = "point"
     # running: a trial's checkpoint is deleted when it ends; best: the best complete trial's
     # final trainable weights stay (one at a time) for `hpo export --from-checkpoint`.
     keep: Literal["running", "best"] = "running"
@@ -407,6 +407,14 @@ class CheckpointSpec(Strict):
     # them the worker stops anyway, keeping the last checkpoint. Keep it under the scheduler's grace
     # period (30 s on Kubernetes and Docker) minus the time a save takes.
     sigterm_wait: float = Field(20.0, gt=0, le=3600)
+
+    @field_validator("every", mode="before")
+    @classmethod
+    def _point_or_seconds(cls, value: Any) -> Any:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value != "point" and not (number and value > 0):
+            raise ValueError(f"must be point or a number of seconds > 0, got {_got(value)}")
+        return value
 
     @field_validator("store")
     @classmethod

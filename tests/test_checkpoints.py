@@ -60,11 +60,11 @@ def launch(path: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def wait_for_checkpoint(study: dict, process: subprocess.Popen, points: int = 3, timeout: float = 120) -> None:
+def wait_for_checkpoint(study: dict, process: subprocess.Popen | None, points: int = 3, timeout: float = 120) -> None:
     """Until trial 0 has saved a checkpoint holding at least ``points`` evaluation points."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert process.poll() is None, process.stdout.read()
+        assert process is None or process.poll() is None, process.stdout.read()
         try:
             found = load(study)
         except KeyError:  # the worker has not created the study yet
@@ -319,3 +319,58 @@ def test_export_from_checkpoint_without_keep_best_exits_2_with_one_line(launched
     result = hpo("export", str(launched_study.path), "-o", str(tmp_path / "export"), "--from-checkpoint", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "checkpoints.keep: best" in result.stderr, result.stderr
+
+
+@pytest.fixture
+def s3_bucket(monkeypatch):
+    """A real S3 endpoint (moto's server, over HTTP) with an empty bucket; boto3 finds it through AWS_ENDPOINT_URL."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for name, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
+                        "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="checkpoints")
+    yield client
+    server.stop()
+
+
+def test_an_s3_store_resumes_a_sigterm_preempted_trial(tmp_path, tiny_model, tiny_data, s3_bucket, uninterrupted):
+    import threading
+
+    from hpo.signals import Preempted
+
+    study = checkpointed(tiny_model, tiny_data, tmp_path, f"sqlite:///{tmp_path / 'hpo.db'}")
+    study["checkpoints"]["store"] = "s3://checkpoints/team/sft"
+    spec = parse_spec(study)
+    objective = build(spec)
+
+    def preempt_after_a_checkpoint():
+        wait_for_checkpoint(study, process=None)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=preempt_after_a_checkpoint, daemon=True).start()
+    with pytest.raises(Preempted):
+        run_worker(spec, objective, WorkerOptions(handle_signals=True))
+    keys = [o["Key"] for o in s3_bucket.list_objects_v2(Bucket="checkpoints")["Contents"]]
+    assert len(keys) == 1 and keys[0].startswith("team/sft/"), keys
+    run_worker(spec, objective, WorkerOptions())
+    first, resumed = load(study)
+    assert resumed.user_attrs[checkpoints.RESUMED_ATTR] == first.user_attrs[checkpoints.ATTR]["examples"]
+    assert_same_trial(resumed, uninterrupted)
+    assert s3_bucket.list_objects_v2(Bucket="checkpoints")["KeyCount"] == 0
+
+
+def test_bad_checkpoint_settings_exit_2_naming_each_and_write_nothing(make_study):
+    path = make_study(checkpoints={"store": "gs://bucket/x", "every": 0, "keep": "all"})
+    result = hpo("launch", str(path), cwd=path.parent)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    for problem in ("checkpoints.store: a folder path or s3://bucket/prefix",
+                    "checkpoints.every: must be point or a number of seconds > 0, got 0",
+                    "checkpoints.keep: must be 'running' or 'best'"):
+        assert problem in result.stderr, result.stderr
+    assert not (path.parent / "hpo.db").exists()
