@@ -12,8 +12,9 @@ from hpo.spec import Choices, Range, StudySpec
 
 
 def add_parser(sub) -> None:
-    parser = sub.add_parser("validate", help="check a study file and print a summary of the study and search space")
-    common.add_study_argument(parser)
+    parser = sub.add_parser("validate", help="check study files and print a summary of each study and search space")
+    parser.add_argument("study", nargs="+", help="the study file (study.yaml); several: each in turn, stopping at the first bad one")
+    parser.add_argument("--storage", help="database URL overriding the study file's and HPO_STORAGE")
     parser.add_argument("--offline", action="store_true", help="skip the database connection check")
     parser.set_defaults(handler=run)
 
@@ -70,6 +71,14 @@ def summary(spec: StudySpec) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    for index, study in enumerate(args.study):
+        if index:
+            print()
+        _validate(argparse.Namespace(**{**vars(args), "study": study}))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> None:
     spec = common.load(args)
     preflight.check_search_options(spec, args.study)
     storage.parse_url(spec.storage)
@@ -93,4 +102,3 @@ def run(args: argparse.Namespace) -> int:
     if not args.offline and changed:
         print(f"resumes   study {spec.name!r} with changes: {'; '.join(changed)}")
     print(f"{args.study}: valid")
-    return 0
