@@ -145,6 +145,8 @@ class TrialRecord(Record):
     # What examples_seen, best_examples and the pruner's steps count: examples, or (causal-lm)
     # completion tokens, so that trials whose rows differ in length are compared by data seen.
     budget_unit: Literal["examples", "tokens"] = "examples"
+    processes: int = 1  # runtime.processes_per_trial: the processes the trial ran on
+    devices: list[str] | None = None  # with several: "host/device" of each, by rank
 
     def write(self, trial: optuna.Trial) -> None:
         for key, value in _attributes(self).items():

@@ -369,6 +369,17 @@ class RuntimeSpec(Strict):
     # Recompute activations in the backward pass instead of keeping them: about a third
     # slower, much less memory (long sequences, large models on one GPU).
     gradient_checkpointing: bool = False
+    # Processes one trial runs on (one per GPU; CPU processes with gloo where there is none), under
+    # torchrun. batch_size stays the global batch, split across them. ddp: a replica per process.
+    processes_per_trial: int = Field(1, ge=1, le=4096)
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+
+    @model_validator(mode="after")
+    def _strategy_built(self) -> "RuntimeSpec":
+        if self.strategy == "fsdp":
+            raise PydanticCustomError("runtime", "fsdp is not built yet; ddp keeps a whole replica per process",
+                                      {"field": "strategy"})
+        return self
 
 
 class HeartbeatSpec(Strict):
@@ -515,6 +526,8 @@ class StudySpec(Strict):
             problems.append("data.image_column: is only used with task image-classification")
         if (regression or language) and "label_smoothing" in self.search_space:
             problems.append("search_space.label_smoothing: applies to classification tasks only")
+        if self.runtime.processes_per_trial > 1 and self.checkpoints is not None:
+            problems.append("checkpoints: not yet with runtime.processes_per_trial > 1 (rank 0 alone would hold the state)")
         return problems
 
     @property

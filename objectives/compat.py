@@ -51,3 +51,4 @@ def to_device(model: nn.Module, device) -> nn.Module:
     if getattr(base, "hf_quantizer", None) is not None or getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False):
         return model
     return model.to(device)
+

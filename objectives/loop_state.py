@@ -168,8 +168,9 @@ def _rng_states() -> dict[str, Any]:
 
 def _set_rng_states(states: dict[str, Any]) -> None:
     torch.random.set_rng_state(states["torch"])
-    if states["cuda"]:
-        torch.cuda.set_rng_state_all(states["cuda"])
+    if states["cuda"] and torch.cuda.is_available():  # per device; a machine with fewer GPUs takes those it has
+        for device, state in enumerate(states["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state, device)
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))
     n = states["numpy"]

@@ -79,10 +79,24 @@ def check(spec: StudySpec, task: Task) -> dict[str, Any]:
             **facts, "data_report": report}
 
 
+def _devices(runtime) -> list[str] | None:
+    """Where each process of a trial run on several trains ("host/device", by rank); None for one process."""
+    if not runtime.sharded:
+        return None
+    import socket
+
+    import torch.distributed as dist
+
+    gathered: list[str | None] = [None] * runtime.world
+    dist.all_gather_object(gathered, f"{socket.gethostname()}/{runtime.device}")
+    return [str(d) for d in gathered]
+
+
 class Objective:
     def __init__(self, spec: StudySpec, task: Task):
         self.spec, self.task = spec, task
         self.runtime = pick_runtime(spec.runtime.device, spec.runtime.precision)
+        self.devices = _devices(self.runtime)
         if spec.runtime.num_threads:
             torch.set_num_threads(spec.runtime.num_threads)
         splits = task.rows.splits(spec.data, spec.seed, task.head.numeric_labels)
@@ -215,7 +229,8 @@ class Objective:
                 if saver is not None and self.spec.checkpoints.keep == "best":
                     saver.save_final(model)
         finally:
-            record_trial(trial, result, model, self.runtime, time.perf_counter() - start, adapter, self.task.inputs.unit)
+            record_trial(trial, result, model, self.runtime, time.perf_counter() - start, adapter, self.task.inputs.unit,
+                         self.devices)
             notes.close(result.examples_seen)  # a trial that failed between points got further than its last one
             self.release(model)
             del model

@@ -11,6 +11,12 @@ import torch
 class Runtime:
     device: torch.device
     autocast_dtype: torch.dtype | None  # None: full fp32
+    rank: int = 0  # this process's place in a trial run on several (runtime.processes_per_trial)
+    world: int = 1
+
+    @property
+    def sharded(self) -> bool:
+        return self.world > 1
 
     @property
     def precision(self) -> str:
@@ -26,11 +32,21 @@ def pick_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
             device = "mps"
         else:
             device = "cpu"
-    dev = torch.device(device)
+    rank, world = _group()
+    dev = torch.device(f"cuda:{torch.cuda.current_device()}" if device == "cuda" and world > 1 else device)
     if precision == "bf16" and not bf16_runs(dev):
         raise ValueError(f"runtime.precision bf16 is not supported on {dev}")
     use_bf16 = precision == "bf16" or (precision == "auto" and bf16_is_faster(dev))
-    return Runtime(device=dev, autocast_dtype=torch.bfloat16 if use_bf16 else None)
+    return Runtime(device=dev, autocast_dtype=torch.bfloat16 if use_bf16 else None, rank=rank, world=world)
+
+
+def _group() -> tuple[int, int]:
+    """(rank, world size) of the process group this worker joined, (0, 1) outside one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def bf16_runs(dev: torch.device) -> bool:

@@ -175,6 +175,7 @@ def fine_tune(
     point_passed = False  # an evaluation point since the last boundary offered to hooks.checkpoint
     train_start = time.perf_counter()
     trainable = [p for p in model.parameters() if p.requires_grad]
+    forward = _data_parallel(model, runtime.device) if runtime.sharded else model
     for epoch in range(position.epoch, params.epochs):
         if seen >= schedule.total or result.stopped_early:
             break
@@ -184,12 +185,13 @@ def fine_tune(
             position = loop_state.Position(epoch=epoch, batch=0, epoch_rng=rng.bit_generator.state, seen=seen)
         batches = batch_order(train.lengths, params.batch_size, rng, config.group_by_length)
         for indices in batches[position.batch:]:
-            batch = train.batch(indices, runtime.device)
+            local, share = _shard(indices, train.units, runtime)
+            batch = train.batch(local, runtime.device)
             labels = batch.pop("labels")
             with _autocast(runtime):
-                logits = model(**batch).logits
+                logits = forward(**batch).logits
             loss = head.loss(logits, labels, weights, params.label_smoothing)
-            (loss / accumulate).backward()
+            (loss * share / accumulate).backward()
             seen += int(train.units[indices].sum())
             micro += 1
             if micro == accumulate or seen >= schedule.total:
@@ -220,6 +222,29 @@ def fine_tune(
     result.examples_seen = seen
     result.train_loss = float(torch.stack(list(losses)).float().mean()) if losses else float("nan")
     return result
+
+
+def _data_parallel(model, device):
+    """DistributedDataParallel around the model for the training forward (gradients averaged across the
+    trial's processes in backward); evaluation uses the bare model, the same on every rank."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _shard(indices: np.ndarray, units: np.ndarray, runtime: Runtime) -> tuple[np.ndarray, float]:
+    """This process's part of a global batch, and the weight that makes DDP's mean of the
+    processes' gradients the gradient of the whole batch's loss.
+
+    Each process takes every world-th row; its loss (a mean over its budget units:
+    examples, or completion tokens) is scaled by world x its share of the batch's
+    units, so unequal shares weigh what they hold. A batch with fewer rows than
+    processes is trained whole by each (the mean of equal gradients is that gradient).
+    """
+    if not runtime.sharded or len(indices) < runtime.world:
+        return indices, 1.0
+    local = indices[runtime.rank :: runtime.world]
+    return local, runtime.world * float(units[local].sum()) / float(units[indices].sum())
 
 
 @dataclass

@@ -20,7 +20,7 @@ from objectives.training import TrainResult
 
 
 def record_trial(trial: optuna.Trial, result: TrainResult, model, runtime: Runtime, wall: float,
-                 adapter: dict[str, Any] | None, unit: str = "examples") -> None:
+                 adapter: dict[str, Any] | None, unit: str = "examples", devices: list[str] | None = None) -> None:
     trainable, total = freezing.count_parameters(model)
     best = result.best
     TrialRecord(
@@ -46,6 +46,8 @@ def record_trial(trial: optuna.Trial, result: TrainResult, model, runtime: Runti
         if result.points else None,
         adapter=AdapterFacts(**adapter) if adapter else None,
         budget_unit=unit,
+        processes=runtime.world,
+        devices=devices,
     ).write(trial)
 
 

@@ -11,7 +11,7 @@ import sys
 from hpo.cli import common, preflight
 from hpo.cli.status import study_report
 from hpo import note, progress as progress_lib
-from hpo import workers
+from hpo import distributed, workers
 from hpo.errors import UserError
 from hpo.runner import Preempted, WorkerOptions, run_worker
 
@@ -80,6 +80,17 @@ def run(args: argparse.Namespace) -> int:
         changed = preflight.check_resume(spec, args.allow_changes)
         if changed:
             logging.getLogger("hpo.launch").info("study file changed since the last launch: %s", "; ".join(changed))
+    group = distributed.from_env()
+    if spec.runtime.processes_per_trial > 1 and group is None:
+        if gpus or (args.workers or 1) > 1:
+            raise UserError("runtime.processes_per_trial > 1 runs one trial at a time on this machine for now; "
+                            "drop --workers/--gpus (torchrun starts the processes)")
+        command = distributed.torchrun_command(spec.runtime.processes_per_trial, sys.argv[1:])
+        print(f"starting one trial on {spec.runtime.processes_per_trial} processes: {' '.join(command[1:5])}", flush=True)
+        sys.stdout.flush()
+        os.execv(command[0], command)  # torchrun becomes this process: it gets the scheduler's SIGTERM
+    if group is not None:
+        return _run_rank(args, spec, group)
     if args.worker_index is None and (gpus or (args.workers or 1) > 1):
         return _run_several(args, spec, gpus)
     _run_one_worker(args, spec)
@@ -103,7 +114,7 @@ def _run_several(args: argparse.Namespace, spec, gpus: list[str] | None) -> int:
     return code
 
 
-def _run_one_worker(args: argparse.Namespace, spec) -> None:
+def _run_one_worker(args: argparse.Namespace, spec, wrap=lambda objective: objective) -> None:
     import objectives
 
     name = os.environ.get("HPO_WORKER_NAME", "worker-0")
@@ -122,4 +133,24 @@ def _run_one_worker(args: argparse.Namespace, spec) -> None:
         handle_signals=True,
     )
     with progress:
-        run_worker(spec, objective, options, study_attributes(spec, objective))
+        run_worker(spec, wrap(objective), options, study_attributes(spec, objective))
+
+
+def _run_rank(args: argparse.Namespace, spec, group: distributed.Group) -> int:
+    """One rank of a trial group under torchrun: rank 0 is the worker, the others follow it."""
+    import objectives
+
+    distributed.init(group, timeout=spec.heartbeat.grace_period)
+    try:
+        if not group.leader:  # rank 0 prints the trial's progress; the others only what is theirs
+            logging.getLogger().setLevel(logging.WARNING)
+            logging.getLogger("hpo.distributed").setLevel(logging.WARNING if args.quiet else logging.INFO)
+            distributed.follow(objectives.build(spec), group)
+            return 0
+        _run_one_worker(args, spec, wrap=lambda objective: distributed.Leader(objective, spec.sample))
+        distributed.Leader.stop()
+        print()
+        print(study_report(spec))
+        return 0
+    finally:
+        distributed.close()

@@ -1,0 +1,153 @@
+"""One trial across several processes (``runtime.processes_per_trial``): rank 0 talks to the study.
+
+Every rank runs the same objective on its shard of each batch (DDP averages
+the gradients), but only rank 0 claims trials, beats the heartbeat, reports
+and asks the pruner. What the other ranks must agree on travels from rank 0
+by ``torch.distributed.broadcast_object_list``, the one collective written
+here: the next trial's parameters (or the order to stop), and each pruning
+decision, so that every rank stops at the same evaluation point. A rank
+never draws its own parameters (under ``torchrun`` every rank of a plain
+Optuna script does: transformers #18609, wandb #7811).
+
+``torchrun`` (``torch.distributed.run``) starts the processes and sets the
+rendezvous; ``hpo launch`` with ``processes_per_trial`` > 1 re-executes itself
+under it when it is not already there. gloo on CPUs, NCCL on GPUs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Callable
+
+import optuna
+
+log = logging.getLogger("hpo.distributed")
+
+STOP = ("stop",)
+
+
+@dataclass(frozen=True)
+class Group:
+    rank: int
+    world: int
+    local_rank: int
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+
+def from_env() -> Group | None:
+    """The process group torchrun describes in the environment, or None outside one (or with one process)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    return Group(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init(group: Group, timeout: float) -> None:
+    """Join the group: NCCL when this process has a GPU, gloo otherwise; collectives give up after ``timeout``."""
+    import torch
+    import torch.distributed as dist
+
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(group.local_rank)
+    dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+
+
+def broadcast(value: Any = None) -> Any:
+    """Rank 0's ``value`` on every rank (the others pass nothing)."""
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class LeaderTrial:
+    """Rank 0's view of the Optuna trial: the real one, with each pruning decision sent to the other ranks."""
+
+    def __init__(self, trial: optuna.Trial):
+        self._trial = trial
+
+    def should_prune(self) -> bool:
+        return bool(broadcast(self._trial.should_prune()))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._trial, name)
+
+
+class FollowerTrial:
+    """What the objective sees on the other ranks: rank 0's parameters, rank 0's pruning decisions,
+    and nothing written anywhere (rank 0 records the trial)."""
+
+    def __init__(self, number: int, params: dict[str, Any]):
+        self.number, self.params = number, dict(params)
+        self.user_attrs: dict[str, Any] = {}
+        self.system_attrs: dict[str, Any] = {}
+
+    def _given(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return self.params[name]
+
+    suggest_float = suggest_int = suggest_categorical = _given
+
+    def report(self, value: float, step: int) -> None:
+        pass
+
+    def should_prune(self) -> bool:
+        return bool(broadcast())
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        self.user_attrs[key] = value
+
+
+class Leader:
+    """The objective rank 0's runner calls: draws the parameters, sends them, then trains its shard."""
+
+    def __init__(self, objective: Callable[[Any], float], sample: Callable[[optuna.Trial], Any]):
+        self.objective, self.sample = objective, sample
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.sample(trial)  # suggest here, so trial.params holds the whole configuration before it is sent
+        broadcast(("trial", trial.number, trial.params))
+        return self.objective(LeaderTrial(trial))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.objective, name)  # describe() and the like
+
+    @staticmethod
+    def stop() -> None:
+        broadcast(STOP)
+
+
+def follow(objective: Callable[[Any], float], group: Group) -> None:
+    """The other ranks' loop: run each trial rank 0 sends, until it says stop."""
+    while True:
+        message = broadcast()
+        if tuple(message) == STOP:
+            return
+        _, number, params = message
+        log.info("rank %d: trial %d with %s", group.rank, number, params)
+        try:
+            objective(FollowerTrial(number, params))
+        except optuna.TrialPruned as pruned:
+            log.info("rank %d: trial %d pruned (%s)", group.rank, number, pruned)
+
+
+def close() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def torchrun_command(processes: int, argv: list[str]) -> list[str]:
+    """This ``hpo`` command again, under torchrun with ``processes`` ranks on this machine."""
+    import sys
+
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+            "-m", "hpo", *argv]
