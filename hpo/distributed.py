@@ -24,9 +24,18 @@ from typing import Any, Callable
 
 import optuna
 
+from hpo.errors import GroupOutOfStep
+
 log = logging.getLogger("hpo.distributed")
 
 STOP = ("stop",)
+# torchrun starts the whole group again after a rank dies or a trial fails on rank 0 (the lost trial is
+# queued again, or recorded FAIL), at most this many times per launch: as hpo launch --workers respawns.
+MAX_RESTARTS = 3
+CONNECT_SECONDS = 120
+# A restarted group reads the previous round's addresses from the rendezvous store torchrun shares with
+# init_process_group, and fails to connect (pytorch #135712); a store of the group's own avoids it.
+TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 
 
 @dataclass(frozen=True)
@@ -49,14 +58,16 @@ def from_env() -> Group | None:
 
 
 def init(group: Group, timeout: float) -> None:
-    """Join the group: NCCL when this process has a GPU, gloo otherwise; collectives give up after ``timeout``."""
+    """Join the group: NCCL when this process has a GPU, gloo otherwise; a collective waiting on a rank
+    that stopped answering gives up after ``timeout`` (at least CONNECT_SECONDS)."""
     import torch
     import torch.distributed as dist
 
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(group.local_rank)
-    dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+    # The same timeout bounds connecting, when the ranks may still be loading the model at different speeds.
+    dist.init_process_group(backend, timeout=timedelta(seconds=max(timeout, CONNECT_SECONDS)))
 
 
 def broadcast(value: Any = None) -> Any:
@@ -114,7 +125,14 @@ class Leader:
     def __call__(self, trial: optuna.Trial) -> float:
         self.sample(trial)  # suggest here, so trial.params holds the whole configuration before it is sent
         broadcast(("trial", trial.number, trial.params))
-        return self.objective(LeaderTrial(trial))
+        try:
+            return self.objective(LeaderTrial(trial))
+        except optuna.TrialPruned:
+            raise  # every rank stopped at this point: the group goes on together
+        except Exception as exc:
+            if lost_rank(exc):
+                raise GroupOutOfStep(f"trial {trial.number}: another process of the trial was lost", lost_rank=True) from exc
+            raise GroupOutOfStep(f"trial {trial.number} failed on rank 0; the other ranks may wait inside it") from exc
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.objective, name)  # describe() and the like
@@ -122,6 +140,19 @@ class Leader:
     @staticmethod
     def stop() -> None:
         broadcast(STOP)
+
+
+# What gloo and NCCL say when a peer process died or stopped answering (they raise plain RuntimeErrors).
+LOST_PEER = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "timed out", "Timed out",
+             "NCCL communicator was aborted", "remote process exited")
+
+
+def lost_rank(exc: BaseException) -> bool:
+    """Whether a trial's error says another rank is gone (requeue it) rather than the configuration failed."""
+    import torch.distributed as dist
+
+    backend_error = getattr(dist, "DistBackendError", ())
+    return isinstance(exc, backend_error) or (isinstance(exc, RuntimeError) and any(s in str(exc) for s in LOST_PEER))
 
 
 def follow(objective: Callable[[Any], float], group: Group) -> None:
@@ -150,4 +181,4 @@ def torchrun_command(processes: int, argv: list[str]) -> list[str]:
     import sys
 
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-            "-m", "hpo", *argv]
+            f"--max-restarts={MAX_RESTARTS}", "-m", "hpo", *argv]

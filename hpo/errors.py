@@ -30,3 +30,14 @@ class FatalTrialError(UserError):
     records the trial as FAIL with its reason and stops the worker at once (exit
     code 2) instead of failing the next trials the same way.
     """
+
+
+class GroupOutOfStep(Exception):
+    """A trial run on several processes failed on rank 0 while the other ranks may still wait in a
+    collective of that trial: the group cannot go on to the next trial. The runner records the trial as
+    FAIL (and queues it again when ``lost_rank``: another rank died, not the configuration) and stops
+    the worker (exit 1); torchrun then starts the group again."""
+
+    def __init__(self, message: str, lost_rank: bool = False):
+        super().__init__(message)
+        self.lost_rank = lost_rank

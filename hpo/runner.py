@@ -31,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo import checkpoints
 from hpo import optuna_compat as compat
 from hpo import storage as storage_lib
-from hpo.errors import FatalTrialError
+from hpo.errors import FatalTrialError, GroupOutOfStep
 from hpo.heartbeat import Heartbeat
 from hpo.records import LostResult, LostResults, keep_lost_result
 from hpo.resilient import call_with_retries
@@ -307,6 +307,7 @@ class Outcome:
     reason: str | None = None
     traceback: str | None = None
     fatal: FatalTrialError | None = None  # an error every trial would hit: the worker stops after recording it
+    restart: GroupOutOfStep | None = None  # a multi-process trial failed: the worker stops, its group restarts
 
 
 def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, spec: StudySpec, guard: SignalGuard) -> Outcome:
@@ -330,7 +331,10 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, spe
         except Exception as exc:  # noqa: BLE001 - one bad trial must not end the study
             tail = traceback.format_exc()[-TRACEBACK_KEPT:]
             log.warning("trial %d failed: %s\n%s", trial.number, _reason(exc), tail.rstrip())
-            return Outcome(TrialState.FAIL, reason=_reason(exc), traceback=tail, fatal=exc if isinstance(exc, FatalTrialError) else None)
+            cause = exc.__cause__ if isinstance(exc, GroupOutOfStep) and exc.__cause__ is not None else exc
+            return Outcome(TrialState.FAIL, reason=_reason(cause), traceback=tail,
+                           fatal=exc if isinstance(exc, FatalTrialError) else None,
+                           restart=exc if isinstance(exc, GroupOutOfStep) else None)
     if math.isnan(value) or math.isinf(value):
         log.warning("trial %d failed: objective returned %s", trial.number, value)
         return Outcome(TrialState.FAIL, reason=f"objective returned {value}")
@@ -438,8 +442,10 @@ def _work(spec: StudySpec, objective: Objective, options: WorkerOptions, study_a
         outcome = _run_one(study, trial, objective, spec, guard)
         frozen, ours = _record(study, trial, outcome, spec)
         reason = outcome.reason
-        if ours and reason != "preempted":  # a preempted trial's retry resumes from its checkpoint
+        if ours and reason != "preempted" and not (outcome.restart and outcome.restart.lost_rank):  # a retry resumes
             _tidy_checkpoints(study, frozen, spec)
+        if outcome.restart is not None and outcome.restart.lost_rank and ours:
+            requeue(study, frozen, "a process of the trial was lost", spec)
         if reason in ("preempted", "interrupted"):
             if reason == "preempted" and ours:
                 requeue(study, frozen, "preempted", spec)
@@ -449,6 +455,8 @@ def _work(spec: StudySpec, objective: Objective, options: WorkerOptions, study_a
             options.on_trial_end(
                 TrialEvent(options.name, frozen, counts, spec.n_trials, best_trial(study), time.monotonic() - start, reason)
             )
+        if outcome.restart is not None:
+            raise outcome.restart
         if outcome.fatal is not None:
             raise FatalTrialError(f"trial {trial.number} failed: {reason}; every trial would fail the same way") from outcome.fatal
         failures_in_row = failures_in_row + 1 if frozen.state == TrialState.FAIL else 0

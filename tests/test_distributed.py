@@ -9,6 +9,13 @@ validation curve is the one a single process computes on the same batches.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import optuna
 import pytest
 import yaml
@@ -66,3 +73,72 @@ def test_what_several_processes_cannot_do_yet_is_refused_in_one_line(make_study,
     result = hpo("validate", str(path), "--offline", cwd=path.parent)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert message in result.stderr
+
+
+def _rank_pids(launcher: int) -> dict[int, int]:
+    """The trial's processes under the launcher (torchrun), by rank, read from their environment."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text().split()
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat[3]) != launcher:
+            continue
+        env = dict(item.split(b"=", 1) for item in environ if b"=" in item)
+        if b"RANK" in env:
+            found[int(env[b"RANK"])] = int(proc.name)
+    return found
+
+
+def _long_study(tmp_path, tiny_model, tiny_data) -> tuple[Path, dict]:
+    study = study_dict(tiny_model, tiny_data, n_trials=1, storage=f"sqlite:///{tmp_path / 'hpo.db'}",
+                       search_space={"learning_rate": 3.0e-3, "batch_size": 16, "epochs": 30, "freeze_depth": 0},
+                       runtime={"num_threads": 1, "processes_per_trial": 2}, heartbeat={"interval": 1, "grace_period": 5})
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path, study
+
+
+def _wait_for_a_point(study: dict, process) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read()[-3000:]
+        try:
+            trials = optuna.load_study(study_name=study["name"], storage=study["storage"]).trials
+        except Exception:  # noqa: BLE001 - not created yet
+            trials = []
+        if trials and trials[0].intermediate_values:
+            return
+        time.sleep(0.2)
+    raise AssertionError("no evaluation point within 120 s")
+
+
+def test_kill_9_of_rank_1_ends_the_trial_everywhere_and_the_restarted_group_runs_it_again(tmp_path, tiny_model, tiny_data):
+    path, study = _long_study(tmp_path, tiny_model, tiny_data)
+    process = subprocess.Popen([sys.executable, "-m", "hpo", "launch", str(path)], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for_a_point(study, process)
+    os.kill(_rank_pids(process.pid)[1], signal.SIGKILL)
+    assert process.wait(timeout=180) == 0, process.stdout.read()[-3000:]
+    lost, retry = optuna.load_study(study_name=study["name"], storage=study["storage"]).trials
+    assert lost.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+    assert retry.user_attrs["retry_of"] == lost.number and retry.user_attrs["processes"] == 2
+
+
+def test_sigterm_to_the_launcher_requeues_the_trial_and_stops_every_rank(tmp_path, tiny_model, tiny_data):
+    path, study = _long_study(tmp_path, tiny_model, tiny_data)
+    process = subprocess.Popen([sys.executable, "-m", "hpo", "launch", str(path)], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for_a_point(study, process)
+    ranks = _rank_pids(process.pid)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=60)
+    assert time.monotonic() - sent < 30 and code != 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in ranks.values()), "every rank stopped"
+    first, retry = optuna.load_study(study_name=study["name"], storage=study["storage"]).trials
+    assert first.user_attrs["fail_reason"] == "preempted" and retry.state == TrialState.WAITING

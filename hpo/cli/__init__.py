@@ -82,9 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         print("hpo: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
+        from hpo.errors import GroupOutOfStep
         from hpo.runner import TooManyFailures
 
-        if isinstance(exc, TooManyFailures) and not args.debug:
+        if isinstance(exc, (TooManyFailures, GroupOutOfStep)) and not args.debug:
             print(f"hpo: error: {exc}", file=sys.stderr)
             return EXIT_FAILED
         raise

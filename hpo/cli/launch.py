@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         command = distributed.torchrun_command(spec.runtime.processes_per_trial, sys.argv[1:])
         print(f"starting one trial on {spec.runtime.processes_per_trial} processes: {' '.join(command[1:5])}", flush=True)
         sys.stdout.flush()
+        os.environ.update(distributed.TORCHRUN_ENV)
         os.execv(command[0], command)  # torchrun becomes this process: it gets the scheduler's SIGTERM
     if group is not None:
         return _run_rank(args, spec, group)
