@@ -20,6 +20,7 @@ The payload's format belongs to the objective; this module sees bytes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -81,8 +82,13 @@ class Store:
             log.warning("could not remove checkpoint %s from %s: %s", key, self.where, exc)
 
 
+@functools.lru_cache(maxsize=8)
 def open_store(spec: CheckpointSpec) -> Store:
-    """The store a study file names: a folder (made if missing) or ``s3://bucket/prefix``."""
+    """The store a study file names: a folder (made if missing) or ``s3://bucket/prefix``.
+
+    Opened once per process and settings: the runner asks for it after every trial and
+    every requeue, and an S3 store would otherwise build a new boto3 client each time.
+    """
     if spec.store.startswith("s3://"):
         from optuna.artifacts import Boto3ArtifactStore
 
@@ -111,9 +117,8 @@ class TrialCheckpoints:
 
     def __init__(self, store: Store, trial: optuna.Trial):
         self.store, self.trial = store, trial
-        attrs = trial.user_attrs
-        self.current = CheckpointRecord.of(attrs, ATTR)  # set only when this trial ran before in this process
-        self.inherited = _readable(attrs, RESUME_ATTR)
+        self.current: CheckpointRecord | None = None  # this trial's latest, once it has saved one
+        self.inherited = _readable(trial.user_attrs, RESUME_ATTR)
 
     def resume_bytes(self) -> tuple[bytes, CheckpointRecord] | None:
         """The predecessor's checkpoint, checked against its record; None when there is none to resume."""

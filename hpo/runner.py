@@ -309,6 +309,11 @@ class Outcome:
     fatal: FatalTrialError | None = None  # an error every trial would hit: the worker stops after recording it
     restart: GroupOutOfStep | None = None  # a multi-process trial failed: the worker stops, its group restarts
 
+    @property
+    def retried(self) -> bool:
+        """Lost through no fault of its configuration (SIGTERM, a lost rank): queued again, its checkpoint kept."""
+        return self.reason == "preempted" or (self.restart is not None and self.restart.lost_rank)
+
 
 def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, spec: StudySpec, guard: SignalGuard) -> Outcome:
     store = compat.storage_of(study)
@@ -442,7 +447,7 @@ def _work(spec: StudySpec, objective: Objective, options: WorkerOptions, study_a
         outcome = _run_one(study, trial, objective, spec, guard)
         frozen, ours = _record(study, trial, outcome, spec)
         reason = outcome.reason
-        if ours and reason != "preempted" and not (outcome.restart and outcome.restart.lost_rank):  # a retry resumes
+        if ours and not outcome.retried:  # a retried trial's checkpoint is its retry's to resume
             _tidy_checkpoints(study, frozen, spec)
         if outcome.restart is not None and outcome.restart.lost_rank and ours:
             requeue(study, frozen, "a process of the trial was lost", spec)
