@@ -25,6 +25,7 @@ from typing import Any, Callable
 import optuna
 
 from hpo.errors import GroupOutOfStep
+from hpo.signals import Preempted
 
 log = logging.getLogger("hpo.distributed")
 
@@ -129,10 +130,11 @@ class Leader:
             return self.objective(LeaderTrial(trial))
         except optuna.TrialPruned:
             raise  # every rank stopped at this point: the group goes on together
-        except Exception as exc:
-            if lost_rank(exc):
-                raise GroupOutOfStep(f"trial {trial.number}: another process of the trial was lost", lost_rank=True) from exc
-            raise GroupOutOfStep(f"trial {trial.number} failed on rank 0; the other ranks may wait inside it") from exc
+        except (Exception, Preempted) as exc:
+            error = _out_of_step(trial.number, exc)
+            if error is exc:
+                raise
+            raise error from (error.__cause__ or exc)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.objective, name)  # describe() and the like
@@ -140,6 +142,57 @@ class Leader:
     @staticmethod
     def stop() -> None:
         broadcast(STOP)
+
+
+class RankFailed(RuntimeError):
+    """Another rank's error, as it reported it (its type and message, prefixed by its rank)."""
+
+
+def _out_of_step(number: int, exc: BaseException) -> BaseException:
+    """Why the group broke in trial ``number``: another rank's own error (the trial fails, as on one
+    process), a rank lost (the trial is queued again), or an error here on rank 0.
+
+    A follower that fails leaves its reason in the group's store before it exits. Rank 0 then sees the
+    break as a lost peer in a collective, or as torchrun's SIGTERM stopping the group: either way it
+    reads the reason first, so an out-of-memory error on rank 1 fails the trial instead of looping on it.
+    """
+    reason = failure_of(number)
+    if reason is not None:
+        error = GroupOutOfStep(f"trial {number} failed on {reason}")
+        error.__cause__ = RankFailed(reason)  # what the trial records as its fail_reason
+        return error
+    if isinstance(exc, Preempted):
+        return exc
+    if lost_rank(exc):
+        return GroupOutOfStep(f"trial {number}: another process of the trial was lost", lost_rank=True)
+    return GroupOutOfStep(f"trial {number} failed on rank 0; the other ranks may wait inside it")
+
+
+def _failure_key(number: int) -> str:
+    return f"hpo/trial/{number}/failed"
+
+
+def note_failure(number: int, rank: int, exc: BaseException) -> None:
+    """Leave rank ``rank``'s reason for failing trial ``number`` where rank 0 can read it; best effort."""
+    from hpo import torch_compat
+
+    text = f"rank {rank}: {type(exc).__name__}: {exc}".strip()
+    try:
+        torch_compat.default_store().set(_failure_key(number), text[:500])
+    except Exception as store_error:  # noqa: BLE001 - the store's host is gone too: rank 0 sees a lost rank
+        log.warning("rank %d: could not report trial %d's failure (%s)", rank, number, store_error)
+
+
+def failure_of(number: int) -> str | None:
+    """The reason a follower left for failing trial ``number``, if any."""
+    from hpo import torch_compat
+
+    key = _failure_key(number)
+    try:
+        store = torch_compat.default_store()
+        return store.get(key).decode() if store.check([key]) else None
+    except Exception:  # noqa: BLE001 - no store to ask: nobody left a reason
+        return None
 
 
 # What gloo and NCCL say when a peer process died or stopped answering (they raise plain RuntimeErrors).
@@ -167,6 +220,9 @@ def follow(objective: Callable[[Any], float], group: Group) -> None:
             objective(FollowerTrial(number, params))
         except optuna.TrialPruned as pruned:
             log.info("rank %d: trial %d pruned (%s)", group.rank, number, pruned)
+        except Exception as exc:
+            note_failure(number, group.rank, exc)  # then this process ends: torchrun stops the group
+            raise
 
 
 def close() -> None:

@@ -94,9 +94,9 @@ def _rank_pids(launcher: int) -> dict[int, int]:
     return found
 
 
-def _long_study(tmp_path, tiny_model, tiny_data) -> tuple[Path, dict]:
+def _long_study(tmp_path, tiny_model, tiny_data, epochs: int = 30) -> tuple[Path, dict]:
     study = study_dict(tiny_model, tiny_data, n_trials=1, storage=f"sqlite:///{tmp_path / 'hpo.db'}",
-                       search_space={"learning_rate": 3.0e-3, "batch_size": 16, "epochs": 30, "freeze_depth": 0},
+                       search_space={"learning_rate": 3.0e-3, "batch_size": 16, "epochs": epochs, "freeze_depth": 0},
                        runtime={"num_threads": 1, "processes_per_trial": 2}, heartbeat={"interval": 1, "grace_period": 5})
     path = tmp_path / "long.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))
@@ -142,3 +142,42 @@ def test_sigterm_to_the_launcher_requeues_the_trial_and_stops_every_rank(tmp_pat
     assert not any(Path(f"/proc/{pid}").exists() for pid in ranks.values()), "every rank stopped"
     first, retry = optuna.load_study(study_name=study["name"], storage=study["storage"]).trials
     assert first.user_attrs["fail_reason"] == "preempted" and retry.state == TrialState.WAITING
+
+
+
+def test_sigterm_to_rank_1_alone_requeues_the_trial_and_the_restarted_group_finishes_it(tmp_path, tiny_model, tiny_data):
+    """One rank preempted (its node drained, say): torchrun stops the group, rank 0 gives the trial back as
+    preempted, and the group torchrun starts again runs it to the end."""
+    path, study = _long_study(tmp_path, tiny_model, tiny_data, epochs=12)
+    process = subprocess.Popen([sys.executable, "-m", "hpo", "launch", str(path)], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for_a_point(study, process)
+    os.kill(_rank_pids(process.pid)[1], signal.SIGTERM)
+    assert process.wait(timeout=180) == 0, process.stdout.read()[-3000:]
+    first, retry = optuna.load_study(study_name=study["name"], storage=study["storage"]).trials
+    assert first.user_attrs["fail_reason"] == "preempted", first.user_attrs.get("fail_reason")
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["retry_of"] == first.number
+
+
+def test_a_rank_s_own_error_reaches_rank_0_as_that_error_not_as_a_lost_rank():
+    """What rank 0 makes of a broken group: the reason a follower left in the group's store (an out-of-memory
+    error on rank 1, say) fails the trial with that reason, instead of queueing it again as a lost rank to fail
+    the same way. A one-process gloo group: its store is the real one the ranks share."""
+    import torch.distributed as dist
+
+    from hpo import distributed as group_lib
+    from hpo.errors import GroupOutOfStep
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        broken = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer")
+        lost = group_lib._out_of_step(7, broken)
+        assert isinstance(lost, GroupOutOfStep) and lost.lost_rank
+        group_lib.note_failure(7, 1, RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+        for seen in (broken, group_lib.Preempted()):  # the group broke, or torchrun's SIGTERM came first
+            failed = group_lib._out_of_step(7, seen)
+            assert isinstance(failed, GroupOutOfStep) and not failed.lost_rank
+            assert str(failed.__cause__) == "rank 1: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+        assert group_lib._out_of_step(8, group_lib.Preempted()).__class__ is group_lib.Preempted
+    finally:
+        dist.destroy_process_group()
