@@ -41,6 +41,9 @@ DEFAULT_PATIENCE = float(os.environ.get("HPO_DB_PATIENCE", "30"))
 _TRANSIENT_MARKERS = (
     "connection", "server closed", "terminating", "shutting down", "could not connect", "starting up",
     "too many clients", "database is locked", "timeout", "broken pipe", "reset by peer",
+    # Two processes creating a fresh SQLite database's schema at once: the loser's version stamp collides
+    # with the winner's; opened again, it finds the schema made.
+    "unique constraint failed: alembic_version",
 )
 
 

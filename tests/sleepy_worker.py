@@ -34,10 +34,12 @@ def main() -> int:
 
     def objective(trial):
         params = spec.sample(trial)
-        print(f"started trial {trial.number}", flush=True)
         if mode == "deferred":
             with deferred_preemption(hard_after=1.5):
+                print(f"started trial {trial.number}", flush=True)  # inside: a SIGTERM from now on is deferred
                 time.sleep(seconds)
+        else:
+            print(f"started trial {trial.number}", flush=True)
         steps = 5
         for step in range(1, steps + 1):
             time.sleep(seconds / steps)
