@@ -136,6 +136,8 @@ class TrialRecord(Record):
     device: str
     precision: str
     peak_memory_mb: float
+    peak_reserved_mb: float | None = None  # CUDA: what the process held at its peak, the allocator's cache included
+    device_memory_mb: float | None = None  # CUDA: the whole device's memory
     stopped_early: bool
     best_examples: int | None = None  # the best evaluation point, when one was reached
     best_epoch: float | None = None

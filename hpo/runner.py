@@ -439,6 +439,7 @@ def _work(spec: StudySpec, objective: Objective, options: WorkerOptions, study_a
             options.stop.wait(options.poll_interval)  # others may still fail and free a slot
             continue
         try:
+            trial.set_user_attr("worker", options.name)  # which worker (and so which GPU) ran it
             if options.on_trial_start:
                 options.on_trial_start(options.name, trial)
         except BaseException as exc:

@@ -35,6 +35,7 @@ def record_trial(trial: optuna.Trial, result: TrainResult, model, runtime: Runti
         device=str(runtime.device),
         precision=runtime.precision,
         peak_memory_mb=peak_memory_mb(runtime.device),
+        **gpu_memory(runtime.device),
         stopped_early=result.stopped_early,
         best_examples=best.examples if best else None,
         best_epoch=best.epoch if best else None,
@@ -86,6 +87,14 @@ def peak_memory_mb(device: torch.device) -> float:
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # process peak RSS
+
+
+def gpu_memory(device: torch.device) -> dict[str, float]:
+    """What ``--workers-per-gpu auto`` sizes a GPU's share by: the process's peak hold and the device's size."""
+    if device.type != "cuda":
+        return {}
+    return {"peak_reserved_mb": round(torch.cuda.max_memory_reserved(device) / 2**20, 1),
+            "device_memory_mb": round(torch.cuda.get_device_properties(device).total_memory / 2**20, 1)}
 
 
 def release_memory(runtime: Runtime) -> None:
