@@ -99,15 +99,14 @@ def assert_same_trial(resumed: optuna.trial.FrozenTrial, uninterrupted: optuna.t
     assert resumed.user_attrs["examples_seen"] == uninterrupted.user_attrs["examples_seen"]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def storage(request, tmp_path):
-    return f"sqlite:///{tmp_path / 'hpo.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-
-
 def test_sigterm_then_kill_9_and_the_twice_resumed_trial_ends_as_if_never_stopped(
-        tmp_path, tiny_model, tiny_data, storage, uninterrupted):
+        tmp_path, tiny_model, tiny_data, postgres_url, uninterrupted):
     """One trial's line: SIGTERM saves where it stands and requeues; the retry resumes and is killed -9
-    after a few more points; once its heartbeat is stale the second retry resumes its last checkpoint."""
+    after a few more points; once its heartbeat is stale the second retry resumes its last checkpoint.
+
+    On PostgreSQL, as fleets run it; the requeue on SQLite is the runner's, tested in test_workers.py,
+    and the s3 test below preempts a checkpointing trial on SQLite."""
+    storage = postgres_url
     study = checkpointed(tiny_model, tiny_data, tmp_path, storage)
     path = write(tmp_path, study)
     process = launch(path)

@@ -138,6 +138,7 @@ def test_killed_worker_trial_is_retried_and_budget_stays_exact(tmp_path, postgre
     assert not [t for t in done if t.state == TrialState.RUNNING]
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("outage", [0.3, 5.0])
 def test_postgres_restart_mid_trial_loses_nothing(tmp_path, postgres_url, outage):
     study = sleepy_study(tmp_path, postgres_url, n_trials=4)
@@ -205,6 +206,7 @@ def test_enqueued_configurations_run_exactly_once_with_eight_workers(tmp_path, s
     assert all(t.state == TrialState.COMPLETE for t in done)
 
 
+@pytest.mark.serial
 def test_sigterm_fails_the_trial_as_preempted_and_requeues_it(make_study):
     path = make_study(name="preempt", n_trials=2, search_space={
         "learning_rate": 3.0e-3, "batch_size": 16, "epochs": 40, "freeze_depth": {"low": 0, "high": 1},
@@ -316,6 +318,7 @@ def test_ctrl_c_stops_every_worker_cleanly(make_study):
     assert states and TrialState.RUNNING not in states, states
 
 
+@pytest.mark.serial
 def test_a_deferred_sigterm_that_the_trial_never_acts_on_still_stops_the_worker_in_time(tmp_path):
     """A checkpointing trial defers SIGTERM to its next step; one stuck elsewhere is stopped after the wait."""
     study = sleepy_study(tmp_path, f"sqlite:///{tmp_path / 'hpo.db'}", n_trials=1)
