@@ -62,6 +62,22 @@ def test_only_completion_tokens_are_scored(objective):
     assert objective.task.head.loss(logits + 5 * torch.randn_like(logits) * completion_positions[..., None], labels) != loss
 
 
+def test_the_loss_is_the_shifted_cross_entropy_and_the_models_own(objective):
+    # Shifting the labels (not copying the logits, bench/sft_throughput.py) must not move the value:
+    # the same as the logits shifted, and as transformers' own loss on a real batch, to 1e-6.
+    batch = objective.validation.batch([0, 1, 2], torch.device("cpu"))
+    labels = batch.pop("labels")
+    model = objective.pretrained.model
+    with torch.no_grad():
+        logits = model(**batch).logits
+        own = model(**batch, labels=labels).loss
+    loss = objective.task.head.loss(logits, labels)
+    shifted = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                                                ignore_index=IGNORE)
+    assert float(loss) == pytest.approx(float(shifted), abs=1e-6)
+    assert float(loss) == pytest.approx(float(own), abs=1e-6)
+
+
 def test_packing_scores_exactly_as_unpacked_rows(tmp_path, tiny_decoder, lm_data):
     unpacked = build(parse_spec(lm_study(tiny_decoder, lm_data, storage=f"sqlite:///{tmp_path / 'a.db'}",
                                          data={**lm_study(tiny_decoder, lm_data)["data"], "packing": False})))
