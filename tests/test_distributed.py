@@ -4,7 +4,9 @@
 claims, reports and prunes, the other rank gets the parameters and every
 pruning decision from it. What a user relies on: both ranks train the same
 configuration, a pruned trial stops both at the same evaluation point, and the
-validation curve is the one a single process computes on the same batches.
+validation curve is the one a single process computes on the same batches,
+with DDP and with FSDP (``runtime.strategy: fsdp``: the model sharded across
+the ranks), for full fine-tuning and for LoRA.
 """
 
 from __future__ import annotations
