@@ -71,8 +71,10 @@ def shard(model: nn.Module, runtime: Runtime) -> nn.Module:
 
 def clip_grad_norm(parameters: list[nn.Parameter], max_norm: float) -> torch.Tensor:
     """``clip_grad_norm_`` that also holds for sharded gradients: under FSDP each process has a shard
-    (a DTensor) of each gradient, and the norm is reduced across the processes before the clip, so
-    every process scales by the same factor, from the norm one process would compute."""
+    (a DTensor) of each gradient, and the norm must be the whole gradient's, reduced across the
+    processes, so that every process scales its shards by the factor one process would use. DTensor
+    reduces the shards' norms itself (the total comes back replicated); ``full_tensor`` makes it a plain
+    tensor for the clip. Clipping by the shards' own norms instead fails tests/test_distributed.py."""
     from torch.distributed.tensor import DTensor
 
     norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])

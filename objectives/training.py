@@ -237,8 +237,8 @@ def _data_parallel(model, device):
 
 
 def _shard(indices: np.ndarray, units: np.ndarray, runtime: Runtime) -> tuple[np.ndarray, float]:
-    """This process's part of a global batch, and the weight that makes DDP's mean of the
-    processes' gradients the gradient of the whole batch's loss.
+    """This process's part of a global batch, and the weight that makes the mean of the processes'
+    gradients (DDP's all-reduce, FSDP's reduce-scatter) the gradient of the whole batch's loss.
 
     Each process takes every world-th row; its loss (a mean over its budget units:
     examples, or completion tokens) is scaled by world x its share of the batch's

@@ -95,12 +95,15 @@ def _sharded_and_alone(tmp_path, study: dict, enqueued: list[dict]) -> tuple[lis
 
 
 def test_fsdp_full_fine_tuning_scores_as_one_process_with_and_without_frozen_layers(tmp_path, tiny_model, tiny_data):
-    """Two trials on the same 2 ranks: every layer trained, then the embeddings and block 0 frozen (frozen
-    parameters inside the sharded root unit and a wholly frozen sharded block); clipping on (max_grad_norm 1)."""
-    space = {"learning_rate": {"low": 1.0e-4, "high": 1.0e-2, "log": True}, "batch_size": 16, "epochs": 1,
-             "freeze_depth": {"low": 0, "high": 1}, "dropout": 0.0, "max_grad_norm": 0.5}
+    """Two trials on the same 2 ranks: every layer trained (AdamW), then the embeddings and block 0 frozen
+    (frozen parameters inside the sharded root unit, and a wholly frozen sharded block) with SGD, where a
+    clip by a wrong norm (a shard's, not the whole gradient's) would show: every step is clipped."""
+    space = {"learning_rate": {"low": 1.0e-4, "high": 1.0e-1, "log": True}, "batch_size": 16, "epochs": 1,
+             "freeze_depth": {"low": 0, "high": 1}, "dropout": 0.0, "max_grad_norm": 0.05,
+             "optimizer": {"choices": ["adamw", "sgd"]}}
     study = study_dict(tiny_model, tiny_data, n_trials=2, search_space=space, pruner={"type": "none"})
-    _sharded_and_alone(tmp_path, study, [{"learning_rate": GOOD, "freeze_depth": 0}, {"learning_rate": 5.0e-3, "freeze_depth": 1}])
+    _sharded_and_alone(tmp_path, study, [{"learning_rate": GOOD, "freeze_depth": 0, "optimizer": "adamw"},
+                                         {"learning_rate": 5.0e-2, "freeze_depth": 1, "optimizer": "sgd"}])
 
 
 def test_fsdp_lora_on_a_decoder_scores_and_generates_as_one_process_and_leaves_the_shared_base_as_loaded(
