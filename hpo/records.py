@@ -149,6 +149,8 @@ class TrialRecord(Record):
     budget_unit: Literal["examples", "tokens"] = "examples"
     processes: int = 1  # runtime.processes_per_trial: the processes the trial ran on
     devices: list[str] | None = None  # with several: "host/device" of each, by rank
+    # With several: runtime.strategy, how they shared the model (ddp: a replica each; fsdp: sharded).
+    strategy: Literal["ddp", "fsdp"] | None = None
 
     def write(self, trial: optuna.Trial) -> None:
         for key, value in _attributes(self).items():

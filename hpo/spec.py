@@ -370,16 +370,12 @@ class RuntimeSpec(Strict):
     # slower, much less memory (long sequences, large models on one GPU).
     gradient_checkpointing: bool = False
     # Processes one trial runs on (one per GPU; CPU processes with gloo where there is none), under
-    # torchrun. batch_size stays the global batch, split across them. ddp: a replica per process.
+    # torchrun. batch_size stays the global batch, split across them. ddp: a whole replica per process;
+    # fsdp: every transformer block and the rest of the model sharded across the processes (torch's
+    # fully_shard), for models whose weights, gradients and optimizer state do not fit one GPU.
+    # With one process the strategy changes nothing.
     processes_per_trial: int = Field(1, ge=1, le=4096)
     strategy: Literal["ddp", "fsdp"] = "ddp"
-
-    @model_validator(mode="after")
-    def _strategy_built(self) -> "RuntimeSpec":
-        if self.strategy == "fsdp":
-            raise PydanticCustomError("runtime", "fsdp is not built yet; ddp keeps a whole replica per process",
-                                      {"field": "strategy"})
-        return self
 
 
 class HeartbeatSpec(Strict):
@@ -528,6 +524,9 @@ class StudySpec(Strict):
             problems.append("search_space.label_smoothing: applies to classification tasks only")
         if self.runtime.processes_per_trial > 1 and self.checkpoints is not None:
             problems.append("checkpoints: not yet with runtime.processes_per_trial > 1 (rank 0 alone would hold the state)")
+        if self.runtime.processes_per_trial > 1 and self.runtime.strategy == "fsdp" and self.adapter.quantize:
+            problems.append("adapter.quantize: not with runtime.strategy fsdp (torch's fully_shard does not shard "
+                            "bitsandbytes weights); use strategy ddp, or drop quantize")
         return problems
 
     @property

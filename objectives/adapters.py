@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from hpo.params import TrainingParams
-from objectives import compat, freezing
+from objectives import compat, freezing, sharding
 from objectives.errors import ObjectiveError
 from objectives.model import DROPOUT_FIELDS, Pretrained, set_dropout
 
@@ -144,10 +144,16 @@ class FullFineTuning:
 
 
 class LoraAdapters:
-    """A LoRA adapter per trial on the worker's one frozen base, removed after the trial."""
+    """A LoRA adapter per trial on the worker's one frozen base, removed after the trial.
 
-    def __init__(self, pretrained: Pretrained):
+    ``on_views`` (runtime.strategy fsdp): each adapter goes on a view of the base instead (new
+    modules over the same weights, ``objectives.sharding.view``), since sharding rewrites the
+    modules it shards; the view goes with its trial and the base is never changed.
+    """
+
+    def __init__(self, pretrained: Pretrained, on_views: bool = False):
         self.pretrained = pretrained
+        self.on_views = on_views
         self.base = pretrained.model
         self.heads = pretrained.trained_modules
         self.grad = {name: p.requires_grad for name, p in self.base.named_parameters()}
@@ -159,24 +165,28 @@ class LoraAdapters:
 
         if self.current is not None:
             self.release(self.current)
-        found = targets(self.base, params.lora_target, params.freeze_depth)
+        base = sharding.view(self.base) if self.on_views else self.base
+        found = targets(base, params.lora_target, params.freeze_depth)
         config = LoraConfig(
             r=params.lora_r, lora_alpha=params.lora_scale_alpha, lora_dropout=params.lora_dropout,
             target_modules=[t.name for t in found], modules_to_save=self.heads or None, bias="none",
         )
-        self.originals = {name: self.base.get_submodule(name) for name in self.heads}
+        self.originals = {name: base.get_submodule(name) for name in self.heads}
         with _seeded(seed):  # LoRA's A matrices and the new head come from the trial's seed
-            model = get_peft_model(self.base, config)
+            model = get_peft_model(base, config)
             for name in self.pretrained.head_modules:
                 for module in compat.trainable_copy(model, name).modules():
-                    compat.init_module(self.base, module)
-        set_dropout(self.base, params.dropout)
+                    compat.init_module(base, module)
+        set_dropout(base, params.dropout)
         self.current, self.found = model, found
         return model
 
     def release(self, model) -> None:
         """Remove the adapter; put back the base's head, dropout rates and trainable flags."""
         if model is not self.current:
+            return
+        if self.on_views:
+            self.current = None  # the view goes with the trial; the base was never touched
             return
         compat.unload(model, self.originals)
         for owner, name, value in self.dropout:
@@ -205,5 +215,6 @@ class LoraAdapters:
         model.save_pretrained(directory)
 
 
-def build(kind: str, pretrained: Pretrained):
-    return LoraAdapters(pretrained) if kind == "lora" else FullFineTuning(pretrained)
+def build(kind: str, pretrained: Pretrained, sharded: bool = False):
+    """``sharded``: the trials' models will be sharded (FSDP), which an adapter must not do to the shared base."""
+    return LoraAdapters(pretrained, on_views=sharded) if kind == "lora" else FullFineTuning(pretrained)

@@ -64,7 +64,10 @@ class Samples:
 
 
 @torch.no_grad()
-def generate(model, samples: Samples, tokenizer_decode, device, batch_size: int) -> list[str]:
+def generate(model, samples: Samples, tokenizer_decode, device, batch_size: int, synced: bool = False) -> list[str]:
+    """Greedy completions of the samples' prompts. ``synced``: the model is sharded across processes
+    (FSDP), each decoding step is a collective, and a process whose rows all ended keeps stepping
+    until every process's have (transformers' ``synced_gpus``, which it does not set for fully_shard)."""
     texts = []
     for start in range(0, len(samples.prompts), batch_size):
         chunk = samples.prompts[start : start + batch_size]
@@ -75,7 +78,8 @@ def generate(model, samples: Samples, tokenizer_decode, device, batch_size: int)
             ids[i, width - len(prompt) :] = torch.tensor(prompt)
             mask[i, width - len(prompt) :] = 1
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=samples.max_new_tokens,
-                             do_sample=False, pad_token_id=samples.pad_id, eos_token_id=samples.eos_id)
+                             do_sample=False, pad_token_id=samples.pad_id, eos_token_id=samples.eos_id,
+                             synced_gpus=synced)
         texts += [tokenizer_decode(row[width:].tolist()) for row in out]
     return texts
 

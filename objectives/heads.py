@@ -34,7 +34,8 @@ class Head(Protocol):
 
     def evaluator(self, labels: np.ndarray, num_labels: int) -> Evaluator: ...
 
-    def extra_metrics(self, model, batches, device, batch_size: int) -> dict[str, float]: ...  # beyond the forward pass
+    # Beyond the forward pass; synced: the model is sharded, and every process must run the same forwards.
+    def extra_metrics(self, model, batches, device, batch_size: int, synced: bool = False) -> dict[str, float]: ...
 
     def configure(self, config, label_names: list[str]): ...
 
@@ -66,7 +67,7 @@ class _PerExample:
 class _NewHead:
     """A head the checkpoint does not have: initialised per trial, trained in full beside an adapter."""
 
-    def extra_metrics(self, model, batches, device, batch_size: int) -> dict[str, float]:
+    def extra_metrics(self, model, batches, device, batch_size: int, synced: bool = False) -> dict[str, float]:
         return {}
 
     def new_modules(self, missing: list[str]) -> list[str]:
@@ -192,12 +193,12 @@ class LanguageModelHead:
     def evaluator(self, labels, num_labels):
         return _TokenMean()
 
-    def extra_metrics(self, model, batches, device, batch_size: int) -> dict[str, float]:
+    def extra_metrics(self, model, batches, device, batch_size: int, synced: bool = False) -> dict[str, float]:
         """exact_match and rouge_l on the split's decoding samples (``data.max_generation_samples``)."""
         samples = getattr(batches, "samples", None)
         if samples is None or not samples.prompts:
             return {}
         from objectives import generation
 
-        predictions = generation.generate(model, samples, batches.decode, device, batch_size)
+        predictions = generation.generate(model, samples, batches.decode, device, batch_size, synced)
         return generation.scores(predictions, samples.references)

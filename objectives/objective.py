@@ -95,7 +95,7 @@ def _devices(runtime) -> list[str] | None:
 class Objective:
     def __init__(self, spec: StudySpec, task: Task):
         self.spec, self.task = spec, task
-        self.runtime = pick_runtime(spec.runtime.device, spec.runtime.precision)
+        self.runtime = pick_runtime(spec.runtime.device, spec.runtime.precision, spec.runtime.strategy)
         self.devices = _devices(self.runtime)
         if spec.runtime.num_threads:
             torch.set_num_threads(spec.runtime.num_threads)
@@ -128,7 +128,7 @@ class Objective:
         pretrained = load_pretrained(spec.model, self.task, label_names, options)
         self.depth = freezing.depth(pretrained.model)
         check_freeze_depth(spec, self.depth)
-        self.models = adapters.build(spec.adapter.type, pretrained)
+        self.models = adapters.build(spec.adapter.type, pretrained, sharded=self.runtime.fsdp)
         if spec.adapter.type == "lora":
             adapter_report.check_targets(spec, pretrained.model)  # a target a trial would fail on: now
         return pretrained

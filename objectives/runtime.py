@@ -13,10 +13,16 @@ class Runtime:
     autocast_dtype: torch.dtype | None  # None: full fp32
     rank: int = 0  # this process's place in a trial run on several (runtime.processes_per_trial)
     world: int = 1
+    strategy: str = "ddp"  # runtime.strategy: how the processes of one trial share the model
 
     @property
     def sharded(self) -> bool:
         return self.world > 1
+
+    @property
+    def fsdp(self) -> bool:
+        """Whether the model itself is split across the trial's processes (every forward is a collective)."""
+        return self.sharded and self.strategy == "fsdp"
 
     @property
     def precision(self) -> str:
@@ -24,7 +30,7 @@ class Runtime:
         return "fp32" if self.autocast_dtype is None else "bf16"
 
 
-def pick_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
+def pick_runtime(device: str = "auto", precision: str = "auto", strategy: str = "ddp") -> Runtime:
     if device == "auto":
         if torch.cuda.is_available():
             device = "cuda"
@@ -37,7 +43,8 @@ def pick_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     if precision == "bf16" and not bf16_runs(dev):
         raise ValueError(f"runtime.precision bf16 is not supported on {dev}")
     use_bf16 = precision == "bf16" or (precision == "auto" and bf16_is_faster(dev))
-    return Runtime(device=dev, autocast_dtype=torch.bfloat16 if use_bf16 else None, rank=rank, world=world)
+    return Runtime(device=dev, autocast_dtype=torch.bfloat16 if use_bf16 else None, rank=rank, world=world,
+                   strategy=strategy)
 
 
 def _group() -> tuple[int, int]:

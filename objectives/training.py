@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from hpo.params import TrainingParams
-from objectives import compat, loop_state
+from objectives import loop_state, sharding
 from objectives.batching import batch_order
 from objectives.config import EvalConfig, Hooks, TrainConfig
 from objectives.heads import Head
@@ -64,7 +64,10 @@ def _autocast(runtime: Runtime):
 @torch.no_grad()
 def evaluate(model, batches, head: Head, runtime: Runtime, config: EvalConfig) -> dict[str, float]:
     """Every metric of the task on one split; the loss is the plain (unweighted, unsmoothed) one,
-    so that trials searching label smoothing or class weights are compared on the same scale."""
+    so that trials searching label smoothing or class weights are compared on the same scale.
+
+    Every process of a trial evaluates the whole split, in the same batches: under FSDP each forward
+    gathers the weights from all of them, and generation runs until every process is done (synced)."""
     model.eval()
     order = np.argsort(batches.lengths)  # similar lengths together: less padding
     evaluator = head.evaluator(batches.labels, config.num_labels)
@@ -77,7 +80,7 @@ def evaluate(model, batches, head: Head, runtime: Runtime, config: EvalConfig) -
         evaluator.add(indices, logits, labels)
     metrics = evaluator.metrics()
     with _autocast(runtime):
-        metrics.update(head.extra_metrics(model, batches, runtime.device, config.batch_size))
+        metrics.update(head.extra_metrics(model, batches, runtime.device, config.batch_size, synced=runtime.fsdp))
     model.train()
     return metrics
 
@@ -148,7 +151,7 @@ def fine_tune(
 
     params, runtime = config.params, config.runtime
     set_seed(config.seed)
-    compat.to_device(model, runtime.device).train()
+    sharding.place(model, runtime).train()  # under FSDP: sharded here, before the optimizer sees its parameters
     schedule = _Schedule.of(train, config, validation is not None)
     weights = torch.as_tensor(config.class_weights, dtype=torch.float32, device=runtime.device) if config.class_weights else None
     optimizer = _optimizer(model, params, runtime.device)
@@ -175,7 +178,8 @@ def fine_tune(
     point_passed = False  # an evaluation point since the last boundary offered to hooks.checkpoint
     train_start = time.perf_counter()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    forward = _data_parallel(model, runtime.device) if runtime.sharded else model
+    # DDP wraps the model for the training forward; an FSDP model is already the sharded one.
+    forward = _data_parallel(model, runtime.device) if runtime.sharded and not runtime.fsdp else model
     for epoch in range(position.epoch, params.epochs):
         if seen >= schedule.total or result.stopped_early:
             break
@@ -195,7 +199,7 @@ def fine_tune(
             seen += int(train.units[indices].sum())
             micro += 1
             if micro == accumulate or seen >= schedule.total:
-                torch.nn.utils.clip_grad_norm_(trainable, params.max_grad_norm)
+                sharding.clip_grad_norm(trainable, params.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -233,8 +237,8 @@ def _data_parallel(model, device):
 
 
 def _shard(indices: np.ndarray, units: np.ndarray, runtime: Runtime) -> tuple[np.ndarray, float]:
-    """This process's part of a global batch, and the weight that makes DDP's mean of the
-    processes' gradients the gradient of the whole batch's loss.
+    """This process's part of a global batch, and the weight that makes the mean of the processes'
+    gradients (DDP's all-reduce, FSDP's reduce-scatter) the gradient of the whole batch's loss.
 
     Each process takes every world-th row; its loss (a mean over its budget units:
     examples, or completion tokens) is scaled by world x its share of the batch's

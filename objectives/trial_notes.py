@@ -49,6 +49,7 @@ def record_trial(trial: optuna.Trial, result: TrainResult, model, runtime: Runti
         budget_unit=unit,
         processes=runtime.world,
         devices=devices,
+        strategy=runtime.strategy if runtime.sharded else None,
     ).write(trial)
 
 

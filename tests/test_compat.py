@@ -78,3 +78,34 @@ def test_transformers_keeps_packed_examples_apart_given_restarting_positions_and
         alone = model(input_ids=second).logits
         packed = model(input_ids=torch.cat([first, second], 1), position_ids=positions, **compat.PACKED_FORWARD).logits
     torch.testing.assert_close(packed[0, 7:], alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_fully_shard_on_a_view_replaces_the_views_parameters_and_leaves_the_base_as_it_was(base):
+    """What objectives.sharding.view relies on (LoRA under runtime.strategy fsdp): FSDP2's fully_shard
+    copies each shard into storage of its own and swaps the view's parameters for it, so sharding and
+    training the view (one gloo process here) changes no parameter, value or class of the shared base."""
+    import torch.distributed as dist
+
+    from objectives import sharding
+    from objectives.runtime import Runtime
+
+    parameters = dict(base.named_parameters())
+    before = {name: value.clone() for name, value in base.state_dict().items()}
+    classes = [type(module) for module in base.modules()]
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        view = sharding.view(base)
+        assert all(p.data_ptr() == parameters[name].data_ptr() for name, p in view.named_parameters()), "no weight copied"
+        sharding.shard(view, Runtime(torch.device("cpu"), None, world=1, strategy="fsdp"))
+        assert type(view.bert.encoder.layer[0]).__name__.startswith("FSDP")
+        optimizer = torch.optim.SGD(view.parameters(), lr=1.0)
+        view(input_ids=torch.tensor([[5, 6, 7]]), labels=torch.tensor([1])).loss.backward()
+        sharding.clip_grad_norm([p for p in view.parameters() if p.grad is not None], 1.0)
+        optimizer.step()
+        assert not torch.equal(view.classifier.weight.full_tensor(), before["classifier.weight"]), "the view trained"
+    finally:
+        dist.destroy_process_group()
+        sharding._mesh.cache_clear()
+    assert all(p is parameters[name] for name, p in base.named_parameters())
+    assert all(torch.equal(before[name], value) for name, value in base.state_dict().items())
+    assert [type(module) for module in base.modules()] == classes

@@ -4,7 +4,9 @@
 claims, reports and prunes, the other rank gets the parameters and every
 pruning decision from it. What a user relies on: both ranks train the same
 configuration, a pruned trial stops both at the same evaluation point, and the
-validation curve is the one a single process computes on the same batches.
+validation curve is the one a single process computes on the same batches,
+with DDP and with FSDP (``runtime.strategy: fsdp``: the model sharded across
+the ranks), for full fine-tuning and for LoRA.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from hpo.runner import WorkerOptions, run_worker
 from hpo.spec import parse_spec
 from objectives import build
 
-from conftest import hpo, study_dict
+from conftest import hpo, lm_study, study_dict
 
 pytestmark = pytest.mark.slow
 
@@ -64,8 +66,67 @@ def test_two_ranks_train_what_rank_0_drew_prune_together_and_score_as_one_proces
     assert good.value == pytest.approx(alone.value, abs=1e-6)
 
 
+def _sharded_and_alone(tmp_path, study: dict, enqueued: list[dict]) -> tuple[list, list]:
+    """The study's trials (``enqueued``) launched on 2 FSDP ranks, and the same trials run by one process."""
+    fsdp = {**study, "name": "fsdp", "storage": f"sqlite:///{tmp_path / 'fsdp.db'}",
+            "runtime": {**study["runtime"], "processes_per_trial": 2, "strategy": "fsdp"}}
+    single = parse_spec({**study, "name": "single", "storage": f"sqlite:///{tmp_path / 'single.db'}"})
+    for storage, name in ((fsdp["storage"], "fsdp"), (single.storage, "single")):
+        queued = optuna.create_study(study_name=name, storage=storage, direction=single.direction)
+        for params in enqueued:
+            queued.enqueue_trial(params)
+    path = tmp_path / "fsdp.yaml"
+    path.write_text(yaml.safe_dump(fsdp, sort_keys=False))
+    result = hpo("launch", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "starting one trial on 2 processes" in result.stdout
+    assert "model sharded across 2 processes: 2 blocks and the rest" in result.stdout + result.stderr
+    run_worker(single, build(single), WorkerOptions())
+    sharded = optuna.load_study(study_name="fsdp", storage=fsdp["storage"]).trials
+    alone = optuna.load_study(study_name="single", storage=single.storage).trials
+    assert [t.state for t in sharded] == [t.state for t in alone] == [TrialState.COMPLETE] * len(enqueued)
+    for two, one in zip(sharded, alone):
+        assert two.user_attrs["processes"] == 2 and two.user_attrs["strategy"] == "fsdp", two.user_attrs
+        assert two.user_attrs["trainable_parameters"] == one.user_attrs["trainable_parameters"]  # whole, not a shard
+        assert two.user_attrs["curve"]["examples"] == one.user_attrs["curve"]["examples"]
+        for metric, values in one.user_attrs["curve"].items():
+            assert two.user_attrs["curve"][metric] == pytest.approx(values, abs=1e-5), (two.number, metric)
+    return sharded, alone
+
+
+def test_fsdp_full_fine_tuning_scores_as_one_process_with_and_without_frozen_layers(tmp_path, tiny_model, tiny_data):
+    """Two trials on the same 2 ranks: every layer trained (AdamW), then the embeddings and block 0 frozen
+    (frozen parameters inside the sharded root unit, and a wholly frozen sharded block) with SGD, where a
+    clip by a wrong norm (a shard's, not the whole gradient's) would show: every step is clipped."""
+    space = {"learning_rate": {"low": 1.0e-4, "high": 1.0e-1, "log": True}, "batch_size": 16, "epochs": 1,
+             "freeze_depth": {"low": 0, "high": 1}, "dropout": 0.0, "max_grad_norm": 0.05,
+             "optimizer": {"choices": ["adamw", "sgd"]}}
+    study = study_dict(tiny_model, tiny_data, n_trials=2, search_space=space, pruner={"type": "none"})
+    _sharded_and_alone(tmp_path, study, [{"learning_rate": GOOD, "freeze_depth": 0, "optimizer": "adamw"},
+                                         {"learning_rate": 5.0e-2, "freeze_depth": 1, "optimizer": "sgd"}])
+
+
+def test_fsdp_lora_on_a_decoder_scores_and_generates_as_one_process_and_leaves_the_shared_base_as_loaded(
+        tmp_path, tiny_decoder, lm_data):
+    """A causal LM with LoRA on 2 ranks: loss and generation metrics (greedy decoding, a collective per
+    step) equal one process's; the second trial on the same worker equals the second trial of one process,
+    so the first trial's sharding left the base the worker shares between trials untouched."""
+    study = lm_study(tiny_decoder, lm_data, n_trials=2, metric="exact_match", pruner={"type": "none"},
+                     adapter={"type": "lora"})
+    study["data"].update(max_generation_samples=8, max_new_tokens=2)
+    study["search_space"] = {"learning_rate": {"low": 1.0e-3, "high": 3.0e-2, "log": True}, "batch_size": 8, "epochs": 1,
+                             "freeze_depth": {"low": 0, "high": 1}, "dropout": 0.0, "lora_dropout": 0.0,
+                             "lora_r": {"choices": [4, 8]}, "lora_target": {"choices": ["attention", "all-linear"]}}
+    sharded, _ = _sharded_and_alone(tmp_path, study, [
+        {"learning_rate": 1.0e-2, "freeze_depth": 0, "lora_r": 4, "lora_target": "attention"},
+        {"learning_rate": 2.0e-2, "freeze_depth": 1, "lora_r": 8, "lora_target": "all-linear"}])
+    assert sharded[1].user_attrs["adapter"]["adapted_layers"] == 7  # block 1's q, k, v, o, gate, up, down
+    assert "exact_match" in sharded[0].user_attrs["curve"]
+
+
 @pytest.mark.parametrize("runtime, extra, message", [
-    ({"processes_per_trial": 2, "strategy": "fsdp"}, {}, "runtime.strategy: fsdp is not built yet"),
+    ({"processes_per_trial": 2, "strategy": "fsdp"}, {"adapter": {"type": "lora", "quantize": "4bit"}},
+     "adapter.quantize: not with runtime.strategy fsdp"),
     ({"processes_per_trial": 2}, {"checkpoints": {"store": "ckpt"}}, "checkpoints: not yet with runtime.processes_per_trial > 1"),
 ])
 def test_what_several_processes_cannot_do_yet_is_refused_in_one_line(make_study, runtime, extra, message):
