@@ -211,7 +211,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="TPE seeds; one run of each tool per seed")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each tool")
     parser.add_argument("--no-hpo-grouping", dest="hpo_group_by_length", action="store_false",
-                        help="hpo's data.group_by_length: false (batches of packed rows in random order, as TRL's)")
+                        help="hpo's data.group_by_length: false; since packed causal-lm rows are never grouped "
+                             "(their default), this changes nothing for packed runs and is kept for unpacked ones")
     parser.add_argument("--tpe-seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--run", choices=["hpo", "peer"], help=argparse.SUPPRESS)
     parser.add_argument("--trial", help=argparse.SUPPRESS)
