@@ -11,7 +11,10 @@ Optuna script does: transformers #18609, wandb #7811).
 
 ``torchrun`` (``torch.distributed.run``) starts the processes and sets the
 rendezvous; ``hpo launch`` with ``processes_per_trial`` > 1 re-executes itself
-under it when it is not already there. gloo on CPUs, NCCL on GPUs.
+under it when it is not already there, or, with ``--workers``/``--gpus``, starts
+one torchrun per trial group (``hpo.workers.plan_groups``). Across nodes a
+torchrun on every node starts the group: RANK picks the leader, LOCAL_RANK the
+GPU. gloo on CPUs, NCCL on GPUs.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any, Callable
 
 import optuna
 
-from hpo.errors import GroupOutOfStep
+from hpo.errors import GroupOutOfStep, UserError
 from hpo.signals import Preempted
 
 log = logging.getLogger("hpo.distributed")
@@ -58,15 +61,35 @@ def from_env() -> Group | None:
     return Group(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def check_group(group: Group, processes: int) -> None:
+    """A group torchrun started (ours, or one across nodes) must be the size the study file says, so that
+    the file's checks (checkpoints refused, say) and the trials' records mean what ran."""
+    if group.world != processes:
+        raise UserError(f"torchrun started {group.world} processes (WORLD_SIZE) but runtime.processes_per_trial is "
+                        f"{processes}: set it to {group.world} (nodes x processes per node)")
+
+
 def init(group: Group, timeout: float) -> None:
     """Join the group: NCCL when this process has a GPU, gloo otherwise; a collective waiting on a rank
-    that stopped answering gives up after ``timeout`` (at least CONNECT_SECONDS)."""
+    that stopped answering gives up after ``timeout`` (at least CONNECT_SECONDS).
+
+    Across nodes RANK is the rank in the whole group and LOCAL_RANK the one on this node: the GPU is
+    chosen by LOCAL_RANK, the leader by RANK.
+    """
     import torch
     import torch.distributed as dist
 
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
+        count = torch.cuda.device_count()
+        if group.local_rank >= count:
+            raise UserError(f"LOCAL_RANK {group.local_rank}: only {count} GPU(s) visible on this node; "
+                            "torchrun --nproc-per-node must not exceed the GPUs per node")
         torch.cuda.set_device(group.local_rank)
+    restarts = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
+    if restarts > 0 and os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE") != "1":
+        log.warning("torchrun --max-restarts without TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: a restarted group may fail "
+                    "to connect (pytorch #135712); export it where torchrun starts")
     # The same timeout bounds connecting, when the ranks may still be loading the model at different speeds.
     dist.init_process_group(backend, timeout=timedelta(seconds=max(timeout, CONNECT_SECONDS)))
 
@@ -223,6 +246,28 @@ def follow(objective: Callable[[Any], float], group: Group) -> None:
         except Exception as exc:
             note_failure(number, group.rank, exc)  # then this process ends: torchrun stops the group
             raise
+
+
+def watch_parent(every: float = 1.0) -> None:
+    """End this rank (SIGTERM: rank 0 requeues its trial) once its torchrun is gone.
+
+    torchrun starts each rank in a session of its own, so a torchrun killed -9 (the out-of-memory
+    killer, a lost supervisor) leaves them running; ``hpo launch`` then starts the group again
+    beside them, on the same GPUs.
+    """
+    import signal
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        log.warning("rank's torchrun (pid %d) is gone; stopping", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="hpo-parent-watch", daemon=True).start()
 
 
 def close() -> None:

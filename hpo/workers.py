@@ -1,4 +1,5 @@
-"""Several worker processes on one host, each pinned to its GPU.
+"""Several worker processes on one host, each pinned to its GPU (or trial groups: a torchrun each,
+pinned to its run of GPUs, when one trial spans several processes).
 
 Each worker is a separate ``hpo launch`` process (a CUDA context per process
 is the only isolation that survives an out-of-memory error or a crashed
@@ -79,6 +80,44 @@ def plan(gpus: list[str] | None, workers: int | None, cpu_count: int | None = No
     return [WorkerSlot(i, f"worker-{i}", None, {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}) for i in range(count)]
 
 
+def plan_groups(gpus: list[str] | None, workers: int | None, processes: int, cpu_count: int | None = None) -> list[WorkerSlot]:
+    """Trial groups of ``processes`` processes each (``runtime.processes_per_trial``), one torchrun apiece.
+
+    With GPUs: consecutive runs of ``processes`` GPUs (8 GPUs, 4 per trial: 0-3 and 4-7), each group
+    pinned to its own with CUDA_VISIBLE_DEVICES, times ``workers`` groups per run. Without: ``workers``
+    groups of CPU processes sharing the cores (OMP threads = cores / (groups x processes), at least 1).
+    """
+    if workers is not None and workers < 1:
+        raise UserError("--workers must be at least 1")
+    if processes < 1:
+        raise UserError("runtime.processes_per_trial must be at least 1")
+    per_run = workers or 1
+    if gpus:
+        if len(gpus) % processes:
+            raise UserError(f"runtime.processes_per_trial is {processes}: {len(gpus)} GPUs ({','.join(gpus)}) do not "
+                            f"split into groups of {processes}; give --gpus a multiple of {processes}")
+        runs = [gpus[i : i + processes] for i in range(0, len(gpus), processes)]
+        pairs = [(run, n) for run in runs for n in range(per_run)]
+        return [
+            WorkerSlot(i, _group_name(run, i) + (f"/{n}" if per_run > 1 else ""), ",".join(run),
+                       {"CUDA_VISIBLE_DEVICES": ",".join(run)})
+            for i, (run, n) in enumerate(pairs)
+        ]
+    threads = str(max(1, (cpu_count or os.cpu_count() or 1) // (per_run * processes)))
+    return [WorkerSlot(i, f"group-{i}", None, {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)})
+            for i in range(per_run)]
+
+
+def _group_name(gpus: list[str], index: int) -> str:
+    """gpu0-3 for GPUs 0, 1, 2, 3; gpu0+2 for 0 and 2; group-N for GPUs named by UUID."""
+    if not all(g.isdigit() for g in gpus):
+        return f"group-{index}"
+    numbers = [int(g) for g in gpus]
+    if len(numbers) > 1 and numbers == list(range(numbers[0], numbers[0] + len(numbers))):
+        return f"gpu{numbers[0]}-{numbers[-1]}"
+    return "gpu" + "+".join(gpus)
+
+
 MAX_RESPAWNS = 3  # per slot: a worker that keeps crashing is left dead rather than restarted for ever
 POLL = 0.2  # seconds between looks at the children
 
@@ -123,6 +162,7 @@ def run(
     respawns = {slot.index: 0 for slot in slots}
     codes: dict[int, int] = {}
     stopping = False
+    stopped_by: int | None = None
 
     def start(slot: WorkerSlot) -> subprocess.Popen:
         env = {**os.environ, **slot.env, "HPO_STORAGE": storage, "HPO_WORKER_NAME": slot.name}
@@ -130,8 +170,8 @@ def run(
         return subprocess.Popen(command(slot), env=env, start_new_session=True)
 
     def forward(signum, frame):
-        nonlocal stopping
-        stopping = True
+        nonlocal stopping, stopped_by
+        stopping, stopped_by = True, signum
         for child in running.values():
             if child.poll() is None:
                 child.send_signal(signum)
@@ -162,6 +202,8 @@ def run(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     final = list(codes.values())
+    if stopped_by is not None and any(code != 0 for code in final):
+        return 128 + stopped_by  # torchrun, stopped by a signal, exits 1 rather than 143 or 130
     for special in (143, 130):
         if special in final:
             return special

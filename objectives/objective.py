@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import replace
@@ -87,8 +88,13 @@ def _devices(runtime) -> list[str] | None:
 
     import torch.distributed as dist
 
+    here = f"{socket.gethostname()}/{runtime.device}"
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    index = runtime.device.index
+    if runtime.device.type == "cuda" and index is not None and index < len(visible) and visible[index] != str(index):
+        here += f" (GPU {visible[index]})"  # a trial group pinned to GPUs 4-7 sees them as cuda:0-3
     gathered: list[str | None] = [None] * runtime.world
-    dist.all_gather_object(gathered, f"{socket.gethostname()}/{runtime.device}")
+    dist.all_gather_object(gathered, here)
     return [str(d) for d in gathered]
 
 

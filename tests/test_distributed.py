@@ -246,3 +246,91 @@ def test_a_rank_s_own_error_reaches_rank_0_as_that_error_not_as_a_lost_rank():
         assert group_lib._out_of_step(8, group_lib.Preempted()).__class__ is group_lib.Preempted
     finally:
         dist.destroy_process_group()
+
+
+def test_two_trial_groups_of_two_cpu_processes_share_one_study(tmp_path, tiny_model, tiny_data):
+    """``--workers 2`` with processes_per_trial 2: two torchruns of their own (their own rendezvous) on one host."""
+    study = study_dict(tiny_model, tiny_data, n_trials=4, storage=f"sqlite:///{tmp_path / 'hpo.db'}",
+                       search_space={"learning_rate": {"low": 1.0e-3, "high": 5.0e-3, "log": True}, "batch_size": 16,
+                                     "epochs": 3, "freeze_depth": 0},
+                       runtime={"num_threads": 1, "processes_per_trial": 2}, pruner={"type": "none"})
+    path = tmp_path / "groups.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    result = hpo("launch", str(path), "--workers", "2", cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "starting 2 trial groups of 2 processes: group-0, group-1" in output
+    trials = optuna.load_study(study_name=study["name"], storage=study["storage"]).trials
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials), [t.state for t in trials]
+    assert all(t.user_attrs["processes"] == 2 and len(t.user_attrs["devices"]) == 2 for t in trials)
+    assert {t.user_attrs["worker"] for t in trials} == {"group-0", "group-1"}, "both groups ran trials"
+    assert "[group-1] rank 1: trial" in output  # the other rank of each group names its group too
+
+
+def test_gpus_that_do_not_split_into_trial_groups_are_refused_in_one_line(make_study):
+    path = make_study(runtime={"processes_per_trial": 2})
+    result = hpo("launch", str(path), "--gpus", "all", cwd=path.parent, env={"CUDA_VISIBLE_DEVICES": "0,1,2"})
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "runtime.processes_per_trial is 2: 3 GPUs (0,1,2) do not split into groups of 2" in result.stderr
+    assert "starting" not in result.stdout
+
+
+def test_a_torchrun_group_of_another_size_than_the_study_file_says_is_refused(make_study):
+    path = make_study(runtime={"processes_per_trial": 2})
+    result = hpo("launch", str(path), cwd=path.parent, env={"WORLD_SIZE": "4", "RANK": "0", "LOCAL_RANK": "0"})
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "torchrun started 4 processes (WORLD_SIZE) but runtime.processes_per_trial is 2" in result.stderr
+
+
+def test_a_group_torchrun_started_across_two_nodes_has_one_leader(tmp_path, tiny_model, tiny_data):
+    """``torchrun --nnodes 2 ... -m hpo launch``, both "nodes" on this host: each has LOCAL_RANK 0, and
+    only the process the rendezvous made global rank 0 claims, reports and records."""
+    import socket
+
+    study = study_dict(tiny_model, tiny_data, n_trials=2, storage=f"sqlite:///{tmp_path / 'hpo.db'}",
+                       search_space={"learning_rate": 3.0e-3, "batch_size": 16, "epochs": 1, "freeze_depth": 0},
+                       runtime={"num_threads": 1, "processes_per_trial": 2}, pruner={"type": "none"})
+    path = tmp_path / "nodes.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={node}", "--nproc-per-node=1",
+         "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=hpo-test", "-m", "hpo", "launch", str(path)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for node in (0, 1)]
+    outputs = [node.communicate(timeout=240)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n\n".join(o[-3000:] for o in outputs)
+    leaders = [o for o in outputs if "trial 0 started" in o]
+    followers = [o for o in outputs if "rank 1: trial 0 with" in o]
+    assert len(leaders) == 1 and len(followers) == 1 and leaders != followers, "\n\n".join(o[-3000:] for o in outputs)
+    trials = optuna.load_study(study_name=study["name"], storage=study["storage"]).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert all(t.user_attrs["processes"] == 2 and len(t.user_attrs["devices"]) == 2 for t in trials)
+
+
+def test_a_rank_whose_torchrun_was_killed_stops_instead_of_training_on():
+    """torchrun starts each rank in a session of its own: after a kill -9 of torchrun the ranks would go
+    on beside the group hpo launch starts again. A rank watches its parent and ends itself (SIGTERM)."""
+    rank = ("import time; from hpo import distributed; distributed.watch_parent(every=0.1); "
+            "print('watching', flush=True); time.sleep(60)")
+    middle = subprocess.Popen(
+        [sys.executable, "-c", f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', {rank!r}], "
+                               "start_new_session=True); print(p.pid, flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    orphan = int(middle.stdout.readline())
+    assert middle.stdout.readline().strip() == "watching"
+    middle.kill()
+    middle.wait()
+    deadline = time.monotonic() + 10
+
+    def alive() -> bool:
+        try:
+            return Path(f"/proc/{orphan}/stat").read_text().split()[2] != "Z"
+        except OSError:
+            return False
+
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(), "the orphaned rank is still running"

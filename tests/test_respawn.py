@@ -107,3 +107,20 @@ def test_a_worker_killed_with_sigkill_is_started_again_and_the_budget_stays_exac
     assert sum(t.state == TrialState.COMPLETE for t in done) == 4
     assert not any(t.state == TrialState.RUNNING for t in done)
     assert any(t.user_attrs.get("retry_reason") == "worker lost (no heartbeat)" for t in done)
+
+
+def test_a_stop_passed_to_children_that_exit_1_as_torchrun_does_still_exits_143(tmp_path):
+    """torchrun, stopped by SIGTERM, exits 1: the parent of trial groups says 143 all the same."""
+    child = ("import pathlib, signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(1)); "
+             f"pathlib.Path({str(tmp_path)!r}, sys.argv[1]).touch(); time.sleep(60)")
+
+    def stop_when_started() -> None:
+        deadline = time.monotonic() + 30
+        while len(list(tmp_path.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_when_started, daemon=True).start()
+    code = _bounded(lambda: workers.run("unused.yaml", "sqlite://", _slots(2), [],
+                                        command=lambda slot: [sys.executable, "-c", child, slot.name]), 60)
+    assert code == 143

@@ -331,3 +331,32 @@ def test_a_deferred_sigterm_that_the_trial_never_acts_on_still_stops_the_worker_
     assert 1.4 < took < 10, f"exited {took:.1f} s after SIGTERM; the wait is 1.5 s"
     first, retry = trials(study)
     assert first.user_attrs["fail_reason"] == "preempted" and retry.state == TrialState.WAITING
+
+
+def test_trial_groups_split_the_gpus_into_runs_of_processes_per_trial():
+    from hpo.workers import plan_groups
+
+    eight = [str(i) for i in range(8)]
+    two = plan_groups(eight, None, 4)
+    assert [(s.index, s.name, s.env["CUDA_VISIBLE_DEVICES"]) for s in two] == [(0, "gpu0-3", "0,1,2,3"), (1, "gpu4-7", "4,5,6,7")]
+    assert [s.name for s in plan_groups(eight, None, 2)] == ["gpu0-1", "gpu2-3", "gpu4-5", "gpu6-7"]
+    assert [s.name for s in plan_groups(["0", "2", "5", "7"], None, 2)] == ["gpu0+2", "gpu5+7"]
+    assert [s.name for s in plan_groups(["GPU-a", "GPU-b"], None, 2)] == ["group-0"]
+    doubled = plan_groups(["0", "1"], 2, 2)  # --workers with --gpus: that many trial groups on each run of GPUs
+    assert [(s.index, s.name, s.env["CUDA_VISIBLE_DEVICES"]) for s in doubled] == [(0, "gpu0-1/0", "0,1"), (1, "gpu0-1/1", "0,1")]
+    with pytest.raises(UserError, match=r"^runtime\.processes_per_trial is 4: 6 GPUs \(0,1,2,3,4,5\) do not split"):
+        plan_groups(eight[:6], None, 4)
+    with pytest.raises(UserError, match="processes_per_trial is 4: 2 GPUs"):
+        plan_groups(["0", "1"], None, 4)
+
+
+def test_cpu_trial_groups_share_the_cores(monkeypatch):
+    from hpo.workers import plan_groups
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    groups = plan_groups(None, 2, 2, cpu_count=16)
+    assert [(s.name, s.gpu, s.env["OMP_NUM_THREADS"]) for s in groups] == [("group-0", None, "4"), ("group-1", None, "4")]
+    assert [s.env["OMP_NUM_THREADS"] for s in plan_groups(None, 3, 4, cpu_count=2)] == ["1"] * 3  # at least one
+    assert plan_groups(None, None, 2, cpu_count=8)[0].env["OMP_NUM_THREADS"] == "4"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert plan_groups(None, 2, 2, cpu_count=16)[0].env["OMP_NUM_THREADS"] == "3"  # a user's setting wins

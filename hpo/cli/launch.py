@@ -71,22 +71,29 @@ def check_flags(args: argparse.Namespace) -> list[str] | None:
 
 def run(args: argparse.Namespace) -> int:
     gpus = check_flags(args)
+    group = distributed.from_env()
     spec = common.load(args)
+    if group is not None:
+        distributed.check_group(group, spec.runtime.processes_per_trial)
+        if args.worker_index is None and (args.gpus is not None or args.workers is not None):
+            raise UserError("--gpus/--workers: not under torchrun, which placed the processes itself; "
+                            "drop them (or run hpo launch without torchrun)")
+    leader = group is None or group.leader
     preflight.check_search_options(spec, args.study)
-    preflight.check_storage(spec)
+    if leader:  # the other ranks of a trial never open the storage: rank 0 alone talks to the study
+        preflight.check_storage(spec)
     if args.quiet and not args.debug:
         logging.getLogger().setLevel(logging.WARNING)
-    if args.worker_index is None:  # the parent checked for its workers
+    if args.worker_index is None and leader:  # the parent checked for its workers
         changed = preflight.check_resume(spec, args.allow_changes)
         if changed:
             logging.getLogger("hpo.launch").info("study file changed since the last launch: %s", "; ".join(changed))
-    group = distributed.from_env()
-    if spec.runtime.processes_per_trial > 1 and group is None:
-        if gpus or (args.workers or 1) > 1:
-            raise UserError("runtime.processes_per_trial > 1 runs one trial at a time on this machine for now; "
-                            "drop --workers/--gpus (torchrun starts the processes)")
-        command = distributed.torchrun_command(spec.runtime.processes_per_trial, sys.argv[1:])
-        print(f"starting one trial on {spec.runtime.processes_per_trial} processes: {' '.join(command[1:5])}", flush=True)
+    processes = spec.runtime.processes_per_trial
+    if processes > 1 and group is None:
+        if args.worker_index is None and (gpus or (args.workers or 1) > 1):
+            return _run_groups(args, spec, gpus)
+        command = distributed.torchrun_command(processes, sys.argv[1:])
+        print(f"starting one trial on {processes} processes: {' '.join(command[1:5])}", flush=True)
         sys.stdout.flush()
         os.environ.update(distributed.TORCHRUN_ENV)
         os.execv(command[0], command)  # torchrun becomes this process: it gets the scheduler's SIGTERM
@@ -101,13 +108,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _children_args(args: argparse.Namespace) -> tuple[bool, list[str]]:
+    """Whether the parent draws the live panel, and the flags its children get: in a terminal the parent
+    draws one panel for every worker (read from the storage) and they keep quiet; elsewhere each worker
+    prints its own lines."""
+    live = not args.quiet and progress_lib.is_terminal(sys.stdout)
+    return live, (["--debug"] if args.debug else []) + (["--quiet"] if args.quiet or live else [])
+
+
 def _run_several(args: argparse.Namespace, spec, gpus: list[str] | None) -> int:
     slots = workers.plan(gpus, args.workers)
     print(f"starting {len(slots)} workers: {', '.join(s.name for s in slots)}", flush=True)
-    # In a terminal the parent draws one live panel for every worker (read from the storage) and the
-    # workers keep quiet; elsewhere each worker prints its own lines.
-    live = not args.quiet and progress_lib.is_terminal(sys.stdout)
-    extra = (["--debug"] if args.debug else []) + (["--quiet"] if args.quiet or live else [])
+    live, extra = _children_args(args)
     with progress_lib.choose(spec, quiet=not live):
         code = workers.run(args.study, spec.storage, slots, extra)
     print()
@@ -115,13 +127,37 @@ def _run_several(args: argparse.Namespace, spec, gpus: list[str] | None) -> int:
     return code
 
 
+def _run_groups(args: argparse.Namespace, spec, gpus: list[str] | None) -> int:
+    """Several trials of several processes at once: one torchrun per trial group, each on its own GPUs
+    (or its share of the cores) and its own rendezvous, supervised like workers."""
+    processes = spec.runtime.processes_per_trial
+    slots = workers.plan_groups(gpus, args.workers, processes)
+    print(f"starting {len(slots)} trial groups of {processes} processes: {', '.join(s.name for s in slots)}", flush=True)
+    live, extra = _children_args(args)
+    os.environ.update(distributed.TORCHRUN_ENV)  # the groups inherit it
+
+    def command(slot: workers.WorkerSlot) -> list[str]:
+        return distributed.torchrun_command(processes, ["launch", args.study, "--worker-index", str(slot.index), *extra])
+
+    with progress_lib.choose(spec, quiet=not live):
+        code = workers.run(args.study, spec.storage, slots, extra, command=command)
+    print()
+    print(study_report(spec))
+    return code
+
+
+def _name_logs(args: argparse.Namespace, name: str) -> None:
+    """A worker started by ``hpo launch --workers/--gpus`` prefixes its lines with its name."""
+    if args.worker_index is not None:
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(logging.Formatter(f"%(asctime)s [{name}] %(message)s", "%H:%M:%S"))
+
+
 def _run_one_worker(args: argparse.Namespace, spec, wrap=lambda objective: objective) -> None:
     import objectives
 
     name = os.environ.get("HPO_WORKER_NAME", "worker-0")
-    if args.worker_index is not None:
-        for handler in logging.getLogger().handlers:
-            handler.setFormatter(logging.Formatter(f"%(asctime)s [{name}] %(message)s", "%H:%M:%S"))
+    _name_logs(args, name)
     objective = objectives.build(spec)  # reads data, tokenizes, loads weights: fails before any trial
     progress = progress_lib.choose(spec, quiet=args.quiet, live=args.worker_index is None)
     signal.signal(signal.SIGTERM, _raise_preempted)  # until run_worker's own guard takes over
@@ -138,20 +174,24 @@ def _run_one_worker(args: argparse.Namespace, spec, wrap=lambda objective: objec
 
 
 def _run_rank(args: argparse.Namespace, spec, group: distributed.Group) -> int:
-    """One rank of a trial group under torchrun: rank 0 is the worker, the others follow it."""
+    """One rank of a trial group under torchrun (ours, or one a user or scheduler started across nodes):
+    global rank 0 is the worker, the others follow it."""
     import objectives
 
+    distributed.watch_parent()  # torchrun killed -9: its ranks must not train on beside the one started again
     distributed.init(group, timeout=spec.heartbeat.grace_period)
     try:
         if not group.leader:  # rank 0 prints the trial's progress; the others only what is theirs
+            _name_logs(args, os.environ.get("HPO_WORKER_NAME", "worker-0"))
             logging.getLogger().setLevel(logging.WARNING)
             logging.getLogger("hpo.distributed").setLevel(logging.WARNING if args.quiet else logging.INFO)
             distributed.follow(objectives.build(spec), group)
             return 0
         _run_one_worker(args, spec, wrap=lambda objective: distributed.Leader(objective, spec.sample))
         distributed.Leader.stop()
-        print()
-        print(study_report(spec))
+        if args.worker_index is None:  # a trial group of several prints nothing: its parent reports
+            print()
+            print(study_report(spec))
         return 0
     finally:
         distributed.close()
