@@ -18,6 +18,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo import gpu_share
+from hpo.workers import WorkerSlot
 
 log = logging.getLogger("hpo.workers")
 
@@ -43,12 +44,46 @@ class GpuShare:
         return level
 
 
-class AutoShare:
-    """Workers per GPU for one launch; ``look`` returns what to change."""
+def first_slots(gpus: list[str]) -> list[WorkerSlot]:
+    """One worker per GPU to begin with, named for its GPU and its place there (gpu0-0)."""
+    return [slot_on(gpu, 0, i) for i, gpu in enumerate(gpus)]
 
-    def __init__(self, study: optuna.Study, gpus: list[str], now=lambda: dt.datetime.now()):
-        self.study, self.now = study, now
+
+def slot_on(gpu: str, place: int, index: int) -> WorkerSlot:
+    return WorkerSlot(index, f"gpu{gpu}-{place}", gpu, {"CUDA_VISIBLE_DEVICES": gpu})
+
+
+class AutoShare:
+    """Workers per GPU for one launch; ``look`` says what to change, ``tend`` (hpo.workers.run's hook) does it.
+
+    ``study`` opens the study, or returns None while no worker has created it yet.
+    """
+
+    def __init__(self, study, gpus: list[str], now=lambda: dt.datetime.now()):
+        self.open, self.now = (study if callable(study) else (lambda: study)), now
+        self.study: optuna.Study | None = None if callable(study) else study
         self.gpus = {gpu: GpuShare(gpu) for gpu in gpus}
+        self.next_index = len(gpus)
+
+    def tend(self, running: list[WorkerSlot]) -> tuple[list[WorkerSlot], list[WorkerSlot]]:
+        """hpo.workers.run's hook: slots to start, and running slots to retire after their trial."""
+        for slot in running:  # the first ones, started by the caller
+            if slot.gpu in self.gpus and slot.name not in self.gpus[slot.gpu].ever:
+                self.started(slot.gpu, slot.name)
+        self.study = self.study or self.open()
+        if self.study is None:
+            return [], []
+        more, retire = self.look()
+        new = []
+        for gpu in more:
+            slot = slot_on(gpu, len(self.gpus[gpu].ever), self.next_index)
+            self.next_index += 1
+            self.started(gpu, slot.name)
+            new.append(slot)
+        leaving = [slot for slot in running if slot.name in retire]
+        for slot in leaving:
+            self.retired(slot.gpu, slot.name)
+        return new, leaving
 
     def started(self, gpu: str, name: str) -> None:
         share = self.gpus[gpu]
@@ -63,6 +98,7 @@ class AutoShare:
 
     def look(self) -> tuple[list[str], list[str]]:
         """(GPUs to start one more worker on, names of workers to retire after their trial)."""
+        assert self.study is not None
         by_worker = self._finished_by_worker()
         more, retire = [], []
         for share in self.gpus.values():

@@ -118,6 +118,10 @@ def _group_name(gpus: list[str], index: int) -> str:
     return "gpu" + "+".join(gpus)
 
 
+# (workers running now) -> (workers to start, workers to retire after their trial)
+Tend = Callable[[list[WorkerSlot]], tuple[list[WorkerSlot], list[WorkerSlot]]]
+TEND_EVERY = 10.0  # seconds between asks
+
 MAX_RESPAWNS = 3  # per slot: a worker that keeps crashing is left dead rather than restarted for ever
 POLL = 0.2  # seconds between looks at the children
 
@@ -149,13 +153,17 @@ def run(
     extra_args: list[str],
     command: Callable[[WorkerSlot], list[str]] | None = None,
     max_respawns: int = MAX_RESPAWNS,
+    tend: Tend | None = None,
+    tend_every: float = TEND_EVERY,
 ) -> int:
     """Start the workers, restart the ones that crash, forward Ctrl-C and SIGTERM to them,
     and return the worst exit code.
 
     The storage URL travels in the environment, never on a command line that
     ``ps`` would show. ``command`` builds a worker's command line (tests start
-    plain Python workers with it).
+    plain Python workers with it). ``tend`` (``--workers-per-gpu auto``) is asked
+    every ``tend_every`` seconds which workers to add, and which to retire: those
+    get SIGUSR1, finish their trial and exit 0.
     """
     command = command or (lambda slot: [sys.executable, "-m", "hpo", "launch", study_file, "--worker-index", str(slot.index), *extra_args])
     running: dict[int, subprocess.Popen] = {}
@@ -180,8 +188,18 @@ def run(
     for slot in slots:
         running[slot.index] = start(slot)
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    next_tend = time.monotonic() + tend_every
     try:
         while running:
+            if tend is not None and not stopping and time.monotonic() >= next_tend:
+                next_tend = time.monotonic() + tend_every
+                more, retire = tend([by_index[index] for index in running])
+                for slot in more:
+                    by_index[slot.index], respawns[slot.index] = slot, 0
+                    running[slot.index] = start(slot)
+                for slot in retire:
+                    if slot.index in running and running[slot.index].poll() is None:
+                        running[slot.index].send_signal(signal.SIGUSR1)
             for index, child in list(running.items()):
                 code = child.poll()
                 if code is None:

@@ -51,8 +51,10 @@ def main() -> int:
         print(f"finished trial {trial.number}", flush=True)
         return params.learning_rate
 
+    options = WorkerOptions(name=f"w{index}", index=index, poll_interval=0.2, handle_signals=True)
+    signal.signal(signal.SIGUSR1, lambda signum, frame: options.stop.set())  # as hpo launch's workers: retire
     try:
-        run_worker(spec, objective, WorkerOptions(name=f"w{index}", index=index, poll_interval=0.2, handle_signals=True))
+        run_worker(spec, objective, options)
     except Preempted:
         return 143
     except KeyboardInterrupt:

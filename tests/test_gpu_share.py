@@ -85,3 +85,14 @@ def test_the_launcher_credits_each_trial_to_the_worker_count_it_ran_under(tmp_pa
     assert share.look() == ([], ["gpu0-2"]), "a third worker that adds under 5% is retired after its trial"
     share.retired("0", "gpu0-2")
     assert share.look() == ([], []), "settled"
+
+
+def test_auto_without_gpus_or_beside_workers_is_refused_in_one_line(make_study):
+    from conftest import hpo
+
+    path = make_study()
+    for flags, message in ((["--workers-per-gpu", "auto"], "--workers-per-gpu auto: needs --gpus"),
+                           (["--workers-per-gpu", "auto", "--gpus", "all", "--workers", "2"], "drop --workers")):
+        result = hpo("launch", str(path), *flags, cwd=path.parent, env={"CUDA_VISIBLE_DEVICES": "0"})
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert not (path.parent / "hpo.db").exists()

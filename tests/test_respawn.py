@@ -124,3 +124,27 @@ def test_a_stop_passed_to_children_that_exit_1_as_torchrun_does_still_exits_143(
     code = _bounded(lambda: workers.run("unused.yaml", "sqlite://", _slots(2), [],
                                         command=lambda slot: [sys.executable, "-c", child, slot.name]), 60)
     assert code == 143
+
+
+def test_the_parent_adds_a_worker_and_retires_one_after_its_trial_when_asked(tmp_path):
+    """The hook ``--workers-per-gpu auto`` drives: one worker more at the first ask, the first one retired
+    (SIGUSR1) at the second; the retired worker ends its trial, exits 0, and the other spends the budget."""
+    storage = f"sqlite:///{tmp_path / 'hpo.db'}"
+    study = sleepy_study(tmp_path, storage, n_trials=6)
+    asks: list[list[str]] = []
+
+    def tend(running):
+        asks.append([slot.name for slot in running])
+        if len(asks) == 1:
+            return [workers.WorkerSlot(1, "w1", None)], []
+        if len(asks) == 2:
+            return [], [slot for slot in running if slot.name == "w0"]
+        return [], []
+
+    code = _bounded(lambda: workers.run(str(study), storage, _slots(1), [], command=_sleepy(study, 1.0), tend=tend,
+                                        tend_every=1.5))
+    assert code == 0 and asks[:2] == [["w0"], ["w0", "w1"]], asks
+    done = _trials(study, storage)
+    assert [t.state for t in done] == [TrialState.COMPLETE] * 6, "the budget is spent exactly, nothing cut short"
+    by = [t.user_attrs["worker"] for t in done]
+    assert by[0] == "w0" and by[-1] == "w1" and by.count("w0") < 4, by

@@ -21,6 +21,9 @@ def add_parser(sub) -> None:
     common.add_study_argument(parser)
     parser.add_argument("--gpus", help="'all' or a list such as 0,2: one worker process per GPU, pinned to it")
     parser.add_argument("--workers", type=int, help="worker processes (per GPU with --gpus; CPU workers without)")
+    parser.add_argument("--workers-per-gpu", choices=["auto"], dest="per_gpu",
+                        help="with --gpus: start one worker per GPU, then add one at a time while the first trials' peak "
+                             "memory leaves room and the GPU's examples/s still rise (says what it chose)")
     parser.add_argument("--quiet", action="store_true", help="print only errors and the final summary")
     parser.add_argument(
         "--allow-changes", action="store_true",
@@ -57,6 +60,11 @@ def check_flags(args: argparse.Namespace) -> list[str] | None:
     """
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers {args.workers}: must be at least 1")
+    if args.per_gpu and args.worker_index is None:
+        if args.gpus is None:
+            raise UserError("--workers-per-gpu auto: needs --gpus (it sizes each GPU's share by the trials' memory there)")
+        if args.workers is not None:
+            raise UserError("--workers-per-gpu auto: drop --workers (auto chooses how many per GPU)")
     if args.gpus is None or args.worker_index is not None:
         return None
     visible = workers.visible_gpus()
@@ -89,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         if changed:
             logging.getLogger("hpo.launch").info("study file changed since the last launch: %s", "; ".join(changed))
     processes = spec.runtime.processes_per_trial
+    if processes > 1 and args.per_gpu:
+        raise UserError("--workers-per-gpu auto: not with runtime.processes_per_trial > 1 (each trial group has GPUs of its own)")
     if processes > 1 and group is None:
         if args.worker_index is None and (gpus or (args.workers or 1) > 1):
             return _run_groups(args, spec, gpus)
@@ -117,14 +127,35 @@ def _children_args(args: argparse.Namespace) -> tuple[bool, list[str]]:
 
 
 def _run_several(args: argparse.Namespace, spec, gpus: list[str] | None) -> int:
-    slots = workers.plan(gpus, args.workers)
-    print(f"starting {len(slots)} workers: {', '.join(s.name for s in slots)}", flush=True)
+    tend = None
+    if args.per_gpu == "auto":
+        from hpo import autoshare
+
+        slots = autoshare.first_slots(gpus)
+        tend = autoshare.AutoShare(lambda: _existing_study(spec), gpus).tend
+        print(f"starting {len(slots)} workers: {', '.join(s.name for s in slots)}; "
+              "more per GPU once the first trials show what fits and pays", flush=True)
+    else:
+        slots = workers.plan(gpus, args.workers)
+        print(f"starting {len(slots)} workers: {', '.join(s.name for s in slots)}", flush=True)
     live, extra = _children_args(args)
     with progress_lib.choose(spec, quiet=not live):
-        code = workers.run(args.study, spec.storage, slots, extra)
+        code = workers.run(args.study, spec.storage, slots, extra, tend=tend)
     print()
     print(study_report(spec))
     return code
+
+
+def _existing_study(spec):
+    """The study once a worker has created it, else None (the parent never creates it)."""
+    import optuna
+
+    from hpo import storage
+
+    try:
+        return optuna.load_study(study_name=spec.name, storage=storage.open_storage(spec.storage))
+    except KeyError:
+        return None
 
 
 def _run_groups(args: argparse.Namespace, spec, gpus: list[str] | None) -> int:
@@ -169,6 +200,8 @@ def _run_one_worker(args: argparse.Namespace, spec, wrap=lambda objective: objec
         on_trial_end=progress.trial_ended,
         handle_signals=True,
     )
+    # SIGUSR1: finish the trial, then stop (--workers-per-gpu auto retires a worker that did not pay).
+    signal.signal(signal.SIGUSR1, lambda signum, frame: options.stop.set())
     with progress:
         run_worker(spec, wrap(objective), options, study_attributes(spec, objective))
 
