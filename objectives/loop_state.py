@@ -71,7 +71,7 @@ def capture(model, optimizer, scheduler, position: Position, losses, result: Tra
         "model": trainable_state(model),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "rng": _rng_states(),
+        "rng": rng_states(),
         "position": asdict(position),
         "losses": [float(x) for x in losses],
         "result": _result_dict(result),
@@ -118,8 +118,10 @@ def points(state: dict[str, Any]) -> list[EvalPoint]:
     return [EvalPoint(**p) for p in state["result"]["points"]]
 
 
-def restore(state: dict[str, Any], model, optimizer, scheduler, result: TrainResult) -> Restored:
-    """Load a checked state into a freshly built run; the RNGs last, so nothing draws from them after."""
+def restore(state: dict[str, Any], model, optimizer, scheduler, result: TrainResult, rank: int = 0) -> Restored:
+    """Load a checked state into a freshly built run; the RNGs last, so nothing draws from them after.
+
+    A trial on several processes saved each rank's RNGs (``rng_ranks``): rank ``rank`` takes its own."""
     check_fits(state, model)
     try:
         optimizer.load_state_dict(state["optimizer"])
@@ -132,7 +134,8 @@ def restore(state: dict[str, Any], model, optimizer, scheduler, result: TrainRes
     result.best = result.points[saved["best"]] if saved["best"] is not None else None
     result.examples_seen, result.stopped_early = saved["examples_seen"], saved["stopped_early"]
     result.train_seconds, result.eval_seconds = saved["train_seconds"], saved["eval_seconds"]
-    _set_rng_states(state["rng"])
+    per_rank = state.get("rng_ranks") or []
+    _set_rng_states(per_rank[rank] if rank < len(per_rank) else state["rng"])
     return Restored(Position(**state["position"]), state["losses"], state["stalled"], state["targets"])
 
 
@@ -155,7 +158,7 @@ def _result_dict(result: TrainResult) -> dict[str, Any]:
     }
 
 
-def _rng_states() -> dict[str, Any]:
+def rng_states() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "torch": torch.random.get_rng_state(),
