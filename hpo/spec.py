@@ -525,10 +525,7 @@ class StudySpec(Strict):
         if (regression or language) and "label_smoothing" in self.search_space:
             problems.append("search_space.label_smoothing: applies to classification tasks only")
         if self.runtime.processes_per_trial > 1 and self.checkpoints is not None:
-            if self.runtime.strategy == "fsdp":
-                problems.append("checkpoints: not yet with runtime.strategy fsdp (the sharded state is not gathered "
-                                "for saving); use strategy ddp, or drop checkpoints")
-            elif self.checkpoints.sigterm_wait >= TORCHRUN_KILL_AFTER:
+            if self.checkpoints.sigterm_wait >= TORCHRUN_KILL_AFTER:
                 problems.append(f"checkpoints.sigterm_wait: must be under {TORCHRUN_KILL_AFTER:g} s with "
                                 "runtime.processes_per_trial > 1 (torchrun kills the ranks that long after its SIGTERM)")
         if self.runtime.processes_per_trial > 1 and self.runtime.strategy == "fsdp" and self.adapter.quantize:

@@ -7,12 +7,13 @@ truncated, replaced, written for other parameters) never resumes wrong
 weights and never fails the trial: the trial starts from scratch and says why
 in its ``checkpoint_warning`` attribute.
 
-A trial on several processes (``runtime.processes_per_trial``, DDP) saves as
+A trial on several processes (``runtime.processes_per_trial``) saves as
 one: rank 0 decides at each optimizer-step boundary whether to save and
 whether to stop (its clock for ``every``, its SIGTERM) and tells the others,
 so every rank enters the same collectives at the same step. The weights,
-optimizer and batch position are the same on every rank, so rank 0 writes
-what one process would, with each rank's RNG states gathered to it (dropout
+optimizer and batch position are the same on every rank (under FSDP once
+gathered to rank 0: ``loop_state.full_state``), so rank 0 writes what one
+process would, with each rank's RNG states gathered to it (dropout
 draws differ per rank: each trains other rows). On resume rank 0 reads and
 checks the checkpoint and sends it to the others.
 """
@@ -60,6 +61,7 @@ class TrialSaver:
     identity: dict[str, Any]
     deferral: Deferral
     world: int = 1  # the trial's processes; with more than one, rank 0 alone has ``files`` (the others: None)
+    sharded: bool = False  # FSDP: every rank takes part in gathering the state rank 0 writes
     last: float = field(default_factory=time.monotonic)
     written: list[checkpoints.CheckpointRecord] = field(default_factory=list)
 
@@ -76,10 +78,10 @@ class TrialSaver:
     def _save(self, capture: Callable[[], dict], why: str) -> None:
         start = time.perf_counter()
         rngs = gathered_to_rank0(loop_state.rng_states()) if self.world > 1 else None
+        state = capture() if self.files is not None or self.sharded else None  # FSDP: a collective
         if self.files is None:  # another rank of the trial: rank 0 writes
             self.last = time.monotonic()
             return
-        state = capture()
         if rngs is not None:
             state["rng_ranks"] = rngs
         state["identity"] = self.identity
@@ -96,8 +98,11 @@ class TrialSaver:
 
     def save_final(self, model) -> None:
         """keep: best: the trainable weights at the end, for export; the runner keeps only the best trial's."""
+        weights = loop_state.final_weights(model, self.sharded) if self.files is not None or self.sharded else None
+        if self.files is None:
+            return  # rank 0 writes (DDP: the same weights; FSDP: gathered to it)
         payload = loop_state.to_bytes({"format": loop_state.FORMAT, "identity": self.identity, "final": True,
-                                       "model": loop_state.trainable_state(model)})
+                                       "model": weights})
         self.files.save(payload, examples=0, points=0, final=True)
 
 

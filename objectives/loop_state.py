@@ -64,12 +64,38 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: t.detach().to("cpu", copy=True) for n, t in _trained(model).items()}
 
 
+def full_state(model: torch.nn.Module, optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Under FSDP: the whole trained weights and optimizer state, gathered from every process's shards
+    to rank 0's CPU (empty elsewhere) by torch.distributed.checkpoint; a collective every rank enters.
+    The optimizer state comes keyed by parameter name (that API's format), and is loaded back by it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    weights, optim = get_state_dict(model, optimizer, options=options)
+    trained = set(_trained(model))
+    return {n: t for n, t in weights.items() if n in trained}, optim
+
+
+def final_weights(model: torch.nn.Module, sharded: bool) -> dict[str, torch.Tensor]:
+    """The trainable weights on the CPU; under FSDP gathered to rank 0 (a collective)."""
+    if not sharded:
+        return trainable_state(model)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    trained = set(_trained(model))
+    return {n: t for n, t in get_model_state_dict(model, options=options).items() if n in trained}
+
+
 def capture(model, optimizer, scheduler, position: Position, losses, result: TrainResult, stalled: int,
-            targets: list[int]) -> dict[str, Any]:
+            targets: list[int], sharded: bool = False) -> dict[str, Any]:
+    """The run's state; ``sharded`` (FSDP): gathered to rank 0, so every rank must call it at the same step."""
+    weights, optim = full_state(model, optimizer) if sharded else (trainable_state(model), optimizer.state_dict())
     return {
         "format": FORMAT,
-        "model": trainable_state(model),
-        "optimizer": optimizer.state_dict(),
+        "sharded": sharded,
+        "model": weights,
+        "optimizer": optim,
         "scheduler": scheduler.state_dict(),
         "rng": rng_states(),
         "position": asdict(position),
@@ -118,17 +144,25 @@ def points(state: dict[str, Any]) -> list[EvalPoint]:
     return [EvalPoint(**p) for p in state["result"]["points"]]
 
 
-def restore(state: dict[str, Any], model, optimizer, scheduler, result: TrainResult, rank: int = 0) -> Restored:
+def restore(state: dict[str, Any], model, optimizer, scheduler, result: TrainResult, rank: int = 0,
+            sharded: bool = False) -> Restored:
     """Load a checked state into a freshly built run; the RNGs last, so nothing draws from them after.
 
-    A trial on several processes saved each rank's RNGs (``rng_ranks``): rank ``rank`` takes its own."""
+    A trial on several processes saved each rank's RNGs (``rng_ranks``): rank ``rank`` takes its own.
+    ``sharded`` (FSDP, a collective): every rank holds the whole state and keeps its shards of it."""
     check_fits(state, model)
+    if bool(state.get("sharded")) != sharded:
+        raise StateMismatch("checkpoint written with another runtime.strategy")
     try:
-        optimizer.load_state_dict(state["optimizer"])
+        if sharded:
+            _load_full(model, optimizer, state)
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
     except (ValueError, KeyError, RuntimeError) as exc:
         raise StateMismatch(f"optimizer state does not fit: {exc}") from None
-    load_weights(model, state["model"])
+    if not sharded:
+        load_weights(model, state["model"])
     saved = state["result"]
     result.points = points(state)
     result.best = result.points[saved["best"]] if saved["best"] is not None else None
@@ -137,6 +171,14 @@ def restore(state: dict[str, Any], model, optimizer, scheduler, result: TrainRes
     per_rank = state.get("rng_ranks") or []
     _set_rng_states(per_rank[rank] if rank < len(per_rank) else state["rng"])
     return Restored(Position(**state["position"]), state["losses"], state["stalled"], state["targets"])
+
+
+def _load_full(model: torch.nn.Module, optimizer, state: dict[str, Any]) -> None:
+    """FSDP: the whole weights and optimizer state into this rank's shards (strict off: frozen weights are not saved)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                   options=StateDictOptions(full_state_dict=True, strict=False))
 
 
 def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:

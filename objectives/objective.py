@@ -260,7 +260,8 @@ class Objective:
             log.info("trial %d: resuming trial %d's checkpoint at %d %s", trial.number, resume.from_trial,
                      resume.examples, self.task.inputs.unit)
         with deferred_preemption(self.spec.checkpoints.sigterm_wait) as deferral:
-            yield checkpointing.TrialSaver(files, self.spec.checkpoints, expected, deferral, world), resume
+            yield checkpointing.TrialSaver(files, self.spec.checkpoints, expected, deferral, world,
+                                           self.runtime.fsdp), resume
 
     def _reporter(self, trial: optuna.Trial):
         metric, reported = self.spec.metric, self.spec.pruning_metric

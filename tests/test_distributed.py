@@ -130,8 +130,6 @@ def test_fsdp_lora_on_a_decoder_scores_and_generates_as_one_process_and_leaves_t
 @pytest.mark.parametrize("runtime, extra, message", [
     ({"processes_per_trial": 2, "strategy": "fsdp"}, {"adapter": {"type": "lora", "quantize": "4bit"}},
      "adapter.quantize: not with runtime.strategy fsdp"),
-    ({"processes_per_trial": 2, "strategy": "fsdp"}, {"checkpoints": {"store": "ckpt"}},
-     "checkpoints: not yet with runtime.strategy fsdp"),
     ({"processes_per_trial": 2}, {"checkpoints": {"store": "ckpt", "sigterm_wait": 30}},
      "checkpoints.sigterm_wait: must be under 30 s with runtime.processes_per_trial > 1"),
 ])
@@ -254,12 +252,15 @@ def test_a_rank_s_own_error_reaches_rank_0_as_that_error_not_as_a_lost_rank():
         dist.destroy_process_group()
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_a_checkpointing_two_rank_trial_stopped_by_sigterm_resumes_and_ends_as_if_never_stopped(
-        tmp_path, tiny_model, tiny_data):
+        tmp_path, tiny_model, tiny_data, strategy):
     """SIGTERM to the launcher (torchrun forwards it to both ranks): rank 0 tells both to save at the next step
     and stop, the trial is queued again with that checkpoint, and the next launch's retry (rank 1 given the
-    checkpoint by rank 0, its own RNGs in it: dropout is on) ends as the same trial run through on 2 ranks."""
-    path, study = _long_study(tmp_path, tiny_model, tiny_data, epochs=16)
+    checkpoint by rank 0, its own RNGs in it: dropout is on) ends as the same trial run through on 2 ranks.
+    Under FSDP the state saved is gathered from both ranks' shards, and each rank loads its shards back."""
+    path, study = _long_study(tmp_path, tiny_model, tiny_data, epochs=12)
+    study["runtime"]["strategy"] = strategy
     # Batches of 13 rows: 7 and 6 per rank, so the ranks' dropout draws (and RNG states) differ.
     study.update(n_trials=2, evaluation={"points_per_epoch": 1}, checkpoints={"store": str(tmp_path / "checkpoints")},
                  search_space={**study["search_space"], "batch_size": 13})
