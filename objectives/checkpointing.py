@@ -124,14 +124,18 @@ def gathered_to_rank0(value: Any) -> list[Any] | None:
     return found
 
 
-def shared_resume_point(files: checkpoints.TrialCheckpoints | None, expected: dict[str, Any], model) -> Resume | None:
+def shared_resume_point(files: checkpoints.TrialCheckpoints | None, expected: dict[str, Any], model,
+                        sharded: bool) -> Resume | None:
     """``resume_point`` read and checked by rank 0 (``files``; None on the other ranks), sent to every rank:
     the others never read the study or the store."""
-    return from_rank0(resume_point(files, expected, model) if files is not None else None)
+    return from_rank0(resume_point(files, expected, model, sharded) if files is not None else None)
 
 
-def resume_point(files: checkpoints.TrialCheckpoints, expected: dict[str, Any], model) -> Resume | None:
-    """The predecessor's state when it is sound and fits ``model``; None (with a warning on the trial) otherwise."""
+def resume_point(files: checkpoints.TrialCheckpoints, expected: dict[str, Any], model,
+                 sharded: bool = False) -> Resume | None:
+    """The predecessor's state when it is sound and fits ``model``; None (with a warning on the trial) otherwise.
+
+    ``sharded``: this run is FSDP's, whose optimizer state is saved in another layout (keyed by name)."""
     try:
         found = files.resume_bytes()
         if found is None:
@@ -140,6 +144,7 @@ def resume_point(files: checkpoints.TrialCheckpoints, expected: dict[str, Any], 
         state = loop_state.from_bytes(payload)
         loop_state.check_identity(state, expected)
         loop_state.check_fits(state, model)
+        loop_state.check_layout(state, sharded)
     except (checkpoints.CheckpointUnusable, loop_state.StateMismatch) as exc:
         files.warn(f"{exc}; started from scratch")
         return None

@@ -140,6 +140,12 @@ def check_fits(state: dict[str, Any], model: torch.nn.Module) -> None:
             f"checkpoint's weights do not fit the model ({len(missing)} missing, {len(extra)} unexpected, {len(reshaped)} reshaped)")
 
 
+def check_layout(state: dict[str, Any], sharded: bool) -> None:
+    """A checkpoint written under FSDP (``sharded``) is resumed under FSDP only, and one written without, without."""
+    if bool(state.get("sharded")) != sharded:
+        raise StateMismatch("checkpoint written under another runtime.strategy (fsdp or not)")
+
+
 def points(state: dict[str, Any]) -> list[EvalPoint]:
     return [EvalPoint(**p) for p in state["result"]["points"]]
 
@@ -151,8 +157,7 @@ def restore(state: dict[str, Any], model, optimizer, scheduler, result: TrainRes
     A trial on several processes saved each rank's RNGs (``rng_ranks``): rank ``rank`` takes its own.
     ``sharded`` (FSDP, a collective): every rank holds the whole state and keeps its shards of it."""
     check_fits(state, model)
-    if bool(state.get("sharded")) != sharded:
-        raise StateMismatch("checkpoint written with another runtime.strategy")
+    check_layout(state, sharded)
     try:
         if sharded:
             _load_full(model, optimizer, state)

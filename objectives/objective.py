@@ -250,7 +250,7 @@ class Objective:
         files = checkpoints.TrialCheckpoints(self.checkpoint_store, trial) if leader else None  # rank 0 writes
         expected = checkpointing.identity(self.spec, trial)
         if world > 1:
-            resume = checkpointing.shared_resume_point(files, expected, model)
+            resume = checkpointing.shared_resume_point(files, expected, model, self.runtime.fsdp)
         else:
             resume = checkpointing.resume_point(files, expected, model)
         if resume is not None:

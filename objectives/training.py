@@ -166,7 +166,8 @@ def fine_tune(
     losses: deque[torch.Tensor] = deque(maxlen=max(1, schedule.steps_per_epoch))
     position = loop_state.Position()
     if resume is not None:
-        restored = loop_state.restore(resume, model, optimizer, scheduler, result, rank=runtime.rank, sharded=runtime.fsdp)
+        restored = loop_state.restore(resume, model, optimizer, scheduler, result, rank=runtime.rank,
+                                      sharded=runtime.fsdp)
         position, scorer.stalled, schedule.targets = restored.position, restored.stalled, restored.targets
         losses.extend(torch.tensor(x) for x in restored.losses)
 
