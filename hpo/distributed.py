@@ -233,6 +233,13 @@ def lost_rank(exc: BaseException) -> bool:
 
 def follow(objective: Callable[[Any], float], group: Group) -> None:
     """The other ranks' loop: run each trial rank 0 sends, until it says stop."""
+    import signal
+    import threading
+
+    from hpo.signals import follower_sigterm
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, follower_sigterm)  # a checkpointing trial saves with rank 0 first
     while True:
         message = broadcast()
         if tuple(message) == STOP:

@@ -101,6 +101,19 @@ class Deferral:
 _deferral: Deferral | None = None
 
 
+def follower_sigterm(signum, frame) -> None:
+    """SIGTERM on a rank other than 0 of a trial on several processes (torchrun forwards the launcher's to
+    every rank). While a checkpointing trial trains it is only noted: rank 0 got the same signal and tells
+    every rank, at the next step boundary, to save together and stop (a follower gone before that save
+    would break it). Should rank 0 not do so within ``sigterm_wait``, the deferral's timer delivers it again
+    and it raises. Anywhere else it raises at once, as it always did."""
+    deferral = _deferral
+    if deferral is not None and not deferral.requested:
+        deferral.request()
+        return
+    raise Preempted()
+
+
 @contextlib.contextmanager
 def deferred_preemption(hard_after: float = HARD_AFTER) -> Iterator[Deferral]:
     """Inside, SIGTERM sets ``requested`` instead of raising (see the module's docstring)."""

@@ -74,6 +74,8 @@ TASK_METRICS = {
 DEFAULT_STORAGE = "sqlite:///hpo.db"
 # The resolved spec is stored on the study (and every worker compares it): a few KB is usual.
 MAX_SPEC_BYTES = 65536
+# torch.distributed.run sends SIGKILL this many seconds after it forwards SIGTERM to the ranks (elastic pcontext.close).
+TORCHRUN_KILL_AFTER = 30.0
 FILE_SOURCES = ("csv", "json", "parquet", "imagefolder")
 
 
@@ -523,7 +525,9 @@ class StudySpec(Strict):
         if (regression or language) and "label_smoothing" in self.search_space:
             problems.append("search_space.label_smoothing: applies to classification tasks only")
         if self.runtime.processes_per_trial > 1 and self.checkpoints is not None:
-            problems.append("checkpoints: not yet with runtime.processes_per_trial > 1 (rank 0 alone would hold the state)")
+            if self.checkpoints.sigterm_wait >= TORCHRUN_KILL_AFTER:
+                problems.append(f"checkpoints.sigterm_wait: must be under {TORCHRUN_KILL_AFTER:g} s with "
+                                "runtime.processes_per_trial > 1 (torchrun kills the ranks that long after its SIGTERM)")
         if self.runtime.processes_per_trial > 1 and self.runtime.strategy == "fsdp" and self.adapter.quantize:
             problems.append("adapter.quantize: not with runtime.strategy fsdp (torch's fully_shard does not shard "
                             "bitsandbytes weights); use strategy ddp, or drop quantize")

@@ -64,14 +64,40 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: t.detach().to("cpu", copy=True) for n, t in _trained(model).items()}
 
 
+def full_state(model: torch.nn.Module, optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Under FSDP: the whole trained weights and optimizer state, gathered from every process's shards
+    to rank 0's CPU (empty elsewhere) by torch.distributed.checkpoint; a collective every rank enters.
+    The optimizer state comes keyed by parameter name (that API's format), and is loaded back by it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    weights, optim = get_state_dict(model, optimizer, options=options)
+    trained = set(_trained(model))
+    return {n: t for n, t in weights.items() if n in trained}, optim
+
+
+def final_weights(model: torch.nn.Module, sharded: bool) -> dict[str, torch.Tensor]:
+    """The trainable weights on the CPU; under FSDP gathered to rank 0 (a collective)."""
+    if not sharded:
+        return trainable_state(model)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    trained = set(_trained(model))
+    return {n: t for n, t in get_model_state_dict(model, options=options).items() if n in trained}
+
+
 def capture(model, optimizer, scheduler, position: Position, losses, result: TrainResult, stalled: int,
-            targets: list[int]) -> dict[str, Any]:
+            targets: list[int], sharded: bool = False) -> dict[str, Any]:
+    """The run's state; ``sharded`` (FSDP): gathered to rank 0, so every rank must call it at the same step."""
+    weights, optim = full_state(model, optimizer) if sharded else (trainable_state(model), optimizer.state_dict())
     return {
         "format": FORMAT,
-        "model": trainable_state(model),
-        "optimizer": optimizer.state_dict(),
+        "sharded": sharded,
+        "model": weights,
+        "optimizer": optim,
         "scheduler": scheduler.state_dict(),
-        "rng": _rng_states(),
+        "rng": rng_states(),
         "position": asdict(position),
         "losses": [float(x) for x in losses],
         "result": _result_dict(result),
@@ -114,26 +140,50 @@ def check_fits(state: dict[str, Any], model: torch.nn.Module) -> None:
             f"checkpoint's weights do not fit the model ({len(missing)} missing, {len(extra)} unexpected, {len(reshaped)} reshaped)")
 
 
+def check_layout(state: dict[str, Any], sharded: bool) -> None:
+    """A checkpoint written under FSDP (``sharded``) is resumed under FSDP only, and one written without, without."""
+    if bool(state.get("sharded")) != sharded:
+        raise StateMismatch("checkpoint written under another runtime.strategy (fsdp or not)")
+
+
 def points(state: dict[str, Any]) -> list[EvalPoint]:
     return [EvalPoint(**p) for p in state["result"]["points"]]
 
 
-def restore(state: dict[str, Any], model, optimizer, scheduler, result: TrainResult) -> Restored:
-    """Load a checked state into a freshly built run; the RNGs last, so nothing draws from them after."""
+def restore(state: dict[str, Any], model, optimizer, scheduler, result: TrainResult, rank: int = 0,
+            sharded: bool = False) -> Restored:
+    """Load a checked state into a freshly built run; the RNGs last, so nothing draws from them after.
+
+    A trial on several processes saved each rank's RNGs (``rng_ranks``): rank ``rank`` takes its own.
+    ``sharded`` (FSDP, a collective): every rank holds the whole state and keeps its shards of it."""
     check_fits(state, model)
+    check_layout(state, sharded)
     try:
-        optimizer.load_state_dict(state["optimizer"])
+        if sharded:
+            _load_full(model, optimizer, state)
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
     except (ValueError, KeyError, RuntimeError) as exc:
         raise StateMismatch(f"optimizer state does not fit: {exc}") from None
-    load_weights(model, state["model"])
+    if not sharded:
+        load_weights(model, state["model"])
     saved = state["result"]
     result.points = points(state)
     result.best = result.points[saved["best"]] if saved["best"] is not None else None
     result.examples_seen, result.stopped_early = saved["examples_seen"], saved["stopped_early"]
     result.train_seconds, result.eval_seconds = saved["train_seconds"], saved["eval_seconds"]
-    _set_rng_states(state["rng"])
+    per_rank = state.get("rng_ranks") or []
+    _set_rng_states(per_rank[rank] if rank < len(per_rank) else state["rng"])
     return Restored(Position(**state["position"]), state["losses"], state["stalled"], state["targets"])
+
+
+def _load_full(model: torch.nn.Module, optimizer, state: dict[str, Any]) -> None:
+    """FSDP: the whole weights and optimizer state into this rank's shards (strict off: frozen weights are not saved)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                   options=StateDictOptions(full_state_dict=True, strict=False))
 
 
 def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
@@ -155,7 +205,7 @@ def _result_dict(result: TrainResult) -> dict[str, Any]:
     }
 
 
-def _rng_states() -> dict[str, Any]:
+def rng_states() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "torch": torch.random.get_rng_state(),

@@ -252,9 +252,13 @@ class Objective:
         if self.checkpoint_store is None:
             yield None, None
             return
-        files = checkpoints.TrialCheckpoints(self.checkpoint_store, trial)
+        leader, world = self.runtime.rank == 0, self.runtime.world
+        files = checkpoints.TrialCheckpoints(self.checkpoint_store, trial) if leader else None  # rank 0 writes
         expected = checkpointing.identity(self.spec, trial)
-        resume = checkpointing.resume_point(files, expected, model)
+        if world > 1:
+            resume = checkpointing.shared_resume_point(files, expected, model, self.runtime.fsdp)
+        else:
+            resume = checkpointing.resume_point(files, expected, model)
         if resume is not None:
             for point in resume.points:  # the pruner judges the retry as if it had never stopped
                 trial.report(point.metrics[self.spec.pruning_metric], step=point.examples)
@@ -262,7 +266,8 @@ class Objective:
             log.info("trial %d: resuming trial %d's checkpoint at %d %s", trial.number, resume.from_trial,
                      resume.examples, self.task.inputs.unit)
         with deferred_preemption(self.spec.checkpoints.sigterm_wait) as deferral:
-            yield checkpointing.TrialSaver(files, self.spec.checkpoints, expected, deferral), resume
+            yield checkpointing.TrialSaver(files, self.spec.checkpoints, expected, deferral, world,
+                                           self.runtime.fsdp), resume
 
     def _reporter(self, trial: optuna.Trial):
         metric, reported = self.spec.metric, self.spec.pruning_metric

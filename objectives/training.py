@@ -166,12 +166,14 @@ def fine_tune(
     losses: deque[torch.Tensor] = deque(maxlen=max(1, schedule.steps_per_epoch))
     position = loop_state.Position()
     if resume is not None:
-        restored = loop_state.restore(resume, model, optimizer, scheduler, result)
+        restored = loop_state.restore(resume, model, optimizer, scheduler, result, rank=runtime.rank,
+                                      sharded=runtime.fsdp)
         position, scorer.stalled, schedule.targets = restored.position, restored.stalled, restored.targets
         losses.extend(torch.tensor(x) for x in restored.losses)
 
     def capture() -> dict:
-        return loop_state.capture(model, optimizer, scheduler, position, losses, result, scorer.stalled, schedule.targets)
+        return loop_state.capture(model, optimizer, scheduler, position, losses, result, scorer.stalled, schedule.targets,
+                                  sharded=runtime.fsdp)
 
     accumulate = params.gradient_accumulation_steps
     seen, micro = position.seen, 0  # micro: batches since the last optimizer step

@@ -226,6 +226,9 @@ def test_a_checkpoint_holds_the_trainable_weights_only(tmp_path, tiny_model, tin
     _train(objective, params, Hooks(checkpoint=stopper))
     saved = stopper.state["model"]
     assert saved and all("lora_" in name or "classifier" in name for name in saved), sorted(saved)[:5]
+    loop_state.check_layout(stopper.state, sharded=False)
+    with pytest.raises(loop_state.StateMismatch, match="another runtime.strategy"):  # FSDP keys its optimizer by name
+        loop_state.check_layout(stopper.state, sharded=True)
 
 
 @pytest.mark.parametrize("damage", ["deleted", "truncated", "other-parameters", "not-a-checkpoint"])

@@ -27,7 +27,10 @@ from hpo.runner import WorkerOptions, run_worker
 from hpo.spec import parse_spec
 from objectives import build
 
+from hpo import checkpoints
+
 from conftest import hpo, lm_study, study_dict
+from test_checkpoints import wait_for_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -127,7 +130,8 @@ def test_fsdp_lora_on_a_decoder_scores_and_generates_as_one_process_and_leaves_t
 @pytest.mark.parametrize("runtime, extra, message", [
     ({"processes_per_trial": 2, "strategy": "fsdp"}, {"adapter": {"type": "lora", "quantize": "4bit"}},
      "adapter.quantize: not with runtime.strategy fsdp"),
-    ({"processes_per_trial": 2}, {"checkpoints": {"store": "ckpt"}}, "checkpoints: not yet with runtime.processes_per_trial > 1"),
+    ({"processes_per_trial": 2}, {"checkpoints": {"store": "ckpt", "sigterm_wait": 30}},
+     "checkpoints.sigterm_wait: must be under 30 s with runtime.processes_per_trial > 1"),
 ])
 def test_what_several_processes_cannot_do_yet_is_refused_in_one_line(make_study, runtime, extra, message):
     path = make_study(runtime=runtime, **extra)
@@ -334,3 +338,46 @@ def test_a_rank_whose_torchrun_was_killed_stops_instead_of_training_on():
     while alive() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(), "the orphaned rank is still running"
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_checkpointing_two_rank_trial_stopped_by_sigterm_resumes_and_ends_as_if_never_stopped(
+        tmp_path, tiny_model, tiny_data, strategy):
+    """SIGTERM to the launcher (torchrun forwards it to both ranks): rank 0 tells both to save at the next step
+    and stop, the trial is queued again with that checkpoint, and the next launch's retry (rank 1 given the
+    checkpoint by rank 0, its own RNGs in it: dropout is on) ends as the same trial run through on 2 ranks.
+    Under FSDP the state saved is gathered from both ranks' shards, and each rank loads its shards back."""
+    path, study = _long_study(tmp_path, tiny_model, tiny_data, epochs=12)
+    study["runtime"]["strategy"] = strategy
+    # Batches of 13 rows: 7 and 6 per rank, so the ranks' dropout draws (and RNG states) differ.
+    study.update(n_trials=2, evaluation={"points_per_epoch": 1}, checkpoints={"store": str(tmp_path / "checkpoints")},
+                 search_space={**study["search_space"], "batch_size": 13})
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    process = subprocess.Popen([sys.executable, "-m", "hpo", "launch", str(path)], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for_checkpoint(study, process, points=2)
+    ranks = _rank_pids(process.pid)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=60)
+    output = process.stdout.read()
+    assert time.monotonic() - sent < 30 and code != 0, output[-3000:]
+    assert "after SIGTERM" in output, output[-3000:]
+    assert not any(Path(f"/proc/{pid}").exists() for pid in ranks.values()), "every rank stopped"
+    first, retry = optuna.load_study(study_name=study["name"], storage=study["storage"]).trials
+    assert first.user_attrs["fail_reason"] == "preempted" and retry.state == TrialState.WAITING
+    carried = retry.user_attrs[checkpoints.RESUME_ATTR]
+    assert carried == first.user_attrs[checkpoints.ATTR] and carried["points"] >= 2
+
+    again = hpo("launch", str(path), cwd=tmp_path)  # the retry, then trial 2: the same parameters, never stopped
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    _, resumed, through = optuna.load_study(study_name=study["name"], storage=study["storage"]).trials
+    assert resumed.user_attrs[checkpoints.RESUMED_ATTR] == carried["examples"] and resumed.user_attrs["processes"] == 2
+    assert checkpoints.WARNING_ATTR not in resumed.user_attrs
+    assert checkpoints.RESUMED_ATTR not in through.user_attrs and resumed.params == through.params
+    assert resumed.state == through.state == TrialState.COMPLETE
+    assert resumed.value == pytest.approx(through.value, abs=1e-5)
+    assert resumed.intermediate_values == pytest.approx(through.intermediate_values, abs=1e-5)
+    for name, values in through.user_attrs["curve"].items():
+        assert resumed.user_attrs["curve"][name] == pytest.approx(values, abs=1e-5), name
+    assert list((tmp_path / "checkpoints").iterdir()) == [], "finished trials leave no checkpoint behind"
