@@ -100,6 +100,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--share", type=int, default=0, metavar="N",
+                        help="part 3 only: N trials through hpo launch --gpus all, one worker per GPU against "
+                             "--workers-per-gpu auto (issue 18: goal >= 80%% busy, wall <= 0.5)")
     args = parser.parse_args()
     if args.tiny:
         args.train, args.validation, args.repeats, args.trials = min(args.train, 64), min(args.validation, 32), 1, 2
@@ -133,6 +136,8 @@ def main() -> None:
                 pruner={"type": "none"}, sampler={"type": "tpe", "n_startup_trials": 2, "seed": 0},
             )
 
+        if args.share:
+            return share(args, folder, model, data, space, watch)
         objective = build(spec("throughput"))
         runtime = objective.runtime
         device = torch.cuda.get_device_name(0) if runtime.device.type == "cuda" else str(runtime.device)
@@ -151,6 +156,36 @@ def main() -> None:
         print("Part 2: per-trial overhead (real worker, SQLite, no pruner, 1 epoch per trial)\n")
         print(split_worker_loop(spec("overhead", args.trials), watch("study")))
         print(f"\nGPU utilisation over the whole worker loop: {watch.mean('study')}")
+
+
+def share(args, folder: Path, model: Path, data: dict, space: dict, watch: GpuWatch) -> None:
+    """Part 3: the same study launched as users do, one worker per GPU, then --workers-per-gpu auto."""
+    import sys
+    import time
+
+    import yaml
+
+    from common import demo_study_file
+
+    rows = []
+    for label, flags in (("one per GPU", []), ("auto", ["--workers-per-gpu", "auto"])):
+        study = demo_study_file(f"sqlite:///{folder / (label.replace(' ', '-') + '.db')}", name=f"share-{len(rows)}",
+                                n_trials=args.share, model=str(model), data=data, train=args.train,
+                                validation=args.validation, max_length=args.max_length, search_space=space,
+                                pruner={"type": "none"}, sampler={"type": "tpe", "n_startup_trials": 4, "seed": 0})
+        path = folder / f"share-{len(rows)}.yaml"
+        path.write_text(yaml.safe_dump(study, sort_keys=False))
+        start = time.monotonic()
+        with watch(label):
+            launched = subprocess.run([sys.executable, "-m", "hpo", "launch", str(path), "--gpus", "all", *flags],
+                                      capture_output=True, text=True)
+        wall = time.monotonic() - start
+        chosen = [line.split("] ", 1)[-1] for line in (launched.stdout + launched.stderr).splitlines() if "per GPU" in line]
+        print(f"{label}: exit {launched.returncode}, {wall:.0f} s" + "".join(f"\n  {line}" for line in chosen), flush=True)
+        rows.append([label, f"{wall:.0f}", watch.mean(label)])
+    print("\nPart 3: " + f"{args.share} trials, one worker per GPU against --workers-per-gpu auto\n")
+    print(table(["workers", "study wall s", "GPU busy"], rows))
+    print(f"\nauto / one per GPU, wall: {float(rows[1][1]) / float(rows[0][1]):.2f} (goal <= 0.5; busy goal >= 80%)")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 #
 #   bash bench/gpu.sh                        # defaults: 8,000 synthetic examples, max_length 128, batch 32
 #   bash bench/gpu.sh --train 4000 --repeats 2   # any bench/gpu.py option passes through
+#   bash bench/gpu.sh --share 16             # part 3: 16 trials, one worker per GPU against --workers-per-gpu auto
 #
 # Needs hpo's own dependencies with a CUDA build of torch (pip install -e . on that machine, or a
 # venv carried there); the demo packages are not needed. Prints Markdown tables for
