@@ -13,16 +13,15 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
+from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
 
 from hpo import gpu_share
-from hpo.workers import WorkerSlot
+from hpo.workers import WorkerSlot, pinned
 
 log = logging.getLogger("hpo.workers")
-
-LOOK_EVERY = 10.0  # seconds between reads of the study
 
 
 @dataclass
@@ -50,18 +49,18 @@ def first_slots(gpus: list[str]) -> list[WorkerSlot]:
 
 
 def slot_on(gpu: str, place: int, index: int) -> WorkerSlot:
-    return WorkerSlot(index, f"gpu{gpu}-{place}", gpu, {"CUDA_VISIBLE_DEVICES": gpu})
+    return pinned(index, f"gpu{gpu}-{place}", [gpu])
 
 
 class AutoShare:
     """Workers per GPU for one launch; ``look`` says what to change, ``tend`` (hpo.workers.run's hook) does it.
 
-    ``study`` opens the study, or returns None while no worker has created it yet.
+    ``open_study`` opens the study, or returns None while no worker has created it yet.
     """
 
-    def __init__(self, study, gpus: list[str], now=lambda: dt.datetime.now()):
-        self.open, self.now = (study if callable(study) else (lambda: study)), now
-        self.study: optuna.Study | None = None if callable(study) else study
+    def __init__(self, open_study: Callable[[], optuna.Study | None], gpus: list[str], now=lambda: dt.datetime.now()):
+        self.open, self.now = open_study, now
+        self.study: optuna.Study | None = None
         self.gpus = {gpu: GpuShare(gpu) for gpu in gpus}
         self.next_index = len(gpus)
 
@@ -70,9 +69,6 @@ class AutoShare:
         for slot in running:  # the first ones, started by the caller
             if slot.gpu in self.gpus and slot.name not in self.gpus[slot.gpu].ever:
                 self.started(slot.gpu, slot.name)
-        self.study = self.study or self.open()
-        if self.study is None:
-            return [], []
         more, retire = self.look()
         new = []
         for gpu in more:
@@ -98,7 +94,9 @@ class AutoShare:
 
     def look(self) -> tuple[list[str], list[str]]:
         """(GPUs to start one more worker on, names of workers to retire after their trial)."""
-        assert self.study is not None
+        self.study = self.study or self.open()
+        if self.study is None:
+            return [], []
         by_worker = self._finished_by_worker()
         more, retire = [], []
         for share in self.gpus.values():

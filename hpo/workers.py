@@ -70,14 +70,21 @@ def plan(gpus: list[str] | None, workers: int | None, cpu_count: int | None = No
     per_gpu = workers or 1
     if gpus:
         pairs = [(gpu, n) for gpu in gpus for n in range(per_gpu)]
-        return [
-            WorkerSlot(i, f"gpu{gpu}" + (f"-{n}" if per_gpu > 1 else ""), gpu, {"CUDA_VISIBLE_DEVICES": gpu})
-            for i, (gpu, n) in enumerate(pairs)
-        ]
+        return [pinned(i, f"gpu{gpu}" + (f"-{n}" if per_gpu > 1 else ""), [gpu]) for i, (gpu, n) in enumerate(pairs)]
     count = workers or 1
-    # CPU workers share the cores instead of each starting one thread per core.
-    threads = str(max(1, (cpu_count or os.cpu_count() or 1) // count))
-    return [WorkerSlot(i, f"worker-{i}", None, {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}) for i in range(count)]
+    return [WorkerSlot(i, f"worker-{i}", None, _cpu_share(count, cpu_count)) for i in range(count)]
+
+
+def pinned(index: int, name: str, gpus: list[str]) -> WorkerSlot:
+    """A worker (or trial group) that sees only ``gpus``."""
+    visible = ",".join(gpus)
+    return WorkerSlot(index, name, visible, {"CUDA_VISIBLE_DEVICES": visible})
+
+
+def _cpu_share(processes: int, cpu_count: int | None) -> dict[str, str]:
+    """CPU processes share the cores instead of each starting one thread per core."""
+    threads = str(max(1, (cpu_count or os.cpu_count() or 1) // processes))
+    return {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
 
 
 def plan_groups(gpus: list[str] | None, workers: int | None, processes: int, cpu_count: int | None = None) -> list[WorkerSlot]:
@@ -98,14 +105,8 @@ def plan_groups(gpus: list[str] | None, workers: int | None, processes: int, cpu
                             f"split into groups of {processes}; give --gpus a multiple of {processes}")
         runs = [gpus[i : i + processes] for i in range(0, len(gpus), processes)]
         pairs = [(run, n) for run in runs for n in range(per_run)]
-        return [
-            WorkerSlot(i, _group_name(run, i) + (f"/{n}" if per_run > 1 else ""), ",".join(run),
-                       {"CUDA_VISIBLE_DEVICES": ",".join(run)})
-            for i, (run, n) in enumerate(pairs)
-        ]
-    threads = str(max(1, (cpu_count or os.cpu_count() or 1) // (per_run * processes)))
-    return [WorkerSlot(i, f"group-{i}", None, {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)})
-            for i in range(per_run)]
+        return [pinned(i, _group_name(run, i) + (f"/{n}" if per_run > 1 else ""), run) for i, (run, n) in enumerate(pairs)]
+    return [WorkerSlot(i, f"group-{i}", None, _cpu_share(per_run * processes, cpu_count)) for i in range(per_run)]
 
 
 def _group_name(gpus: list[str], index: int) -> str:

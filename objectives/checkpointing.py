@@ -28,6 +28,7 @@ from typing import Any, Callable
 import optuna
 
 from hpo import checkpoints
+from hpo.distributed import broadcast  # rank 0's value on every rank of the trial (a collective)
 from hpo.signals import Deferral, Preempted
 from hpo.spec import CheckpointSpec, StudySpec
 from objectives import loop_state
@@ -69,7 +70,7 @@ class TrialSaver:
         stopping = self.deferral.requested
         timed = self.spec.seconds is not None and time.monotonic() - self.last >= self.spec.seconds
         if self.world > 1:  # rank 0's clock and rank 0's SIGTERM decide, for every rank at this same step
-            timed, stopping = from_rank0((timed, stopping))
+            timed, stopping = broadcast((timed, stopping))
         if at_point or timed or stopping:
             self._save(capture, "SIGTERM" if stopping else "evaluation point" if at_point else "timer")
         if stopping:
@@ -106,15 +107,6 @@ class TrialSaver:
         self.files.save(payload, examples=0, points=0, final=True)
 
 
-def from_rank0(value: Any = None) -> Any:
-    """Rank 0's ``value`` on every rank of the trial (a collective: every rank calls it at the same point)."""
-    import torch.distributed as dist
-
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def gathered_to_rank0(value: Any) -> list[Any] | None:
     """Every rank's ``value``, by rank, on rank 0 (None elsewhere); a collective."""
     import torch.distributed as dist
@@ -128,7 +120,7 @@ def shared_resume_point(files: checkpoints.TrialCheckpoints | None, expected: di
                         sharded: bool) -> Resume | None:
     """``resume_point`` read and checked by rank 0 (``files``; None on the other ranks), sent to every rank:
     the others never read the study or the store."""
-    return from_rank0(resume_point(files, expected, model, sharded) if files is not None else None)
+    return broadcast(resume_point(files, expected, model, sharded) if files is not None else None)
 
 
 def resume_point(files: checkpoints.TrialCheckpoints, expected: dict[str, Any], model,

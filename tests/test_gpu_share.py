@@ -57,7 +57,7 @@ def test_the_launcher_credits_each_trial_to_the_worker_count_it_ran_under(tmp_pa
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'hpo.db'}", study_name="share")
     t0 = dt.datetime(2026, 12, 2, 12, 0, 0)
     clock = [t0]
-    share = AutoShare(study, ["0"], now=lambda: clock[0])
+    share = AutoShare(lambda: study, ["0"], now=lambda: clock[0])
 
     def finish(worker: str, start: int, end: int, rate: float) -> None:
         trial = create_trial(value=0.5, state=TrialState.COMPLETE, params={"lr": 0.1},
